@@ -11,6 +11,12 @@ the reference package (`dalle2-pytorch` 1.1.0 … 1.15.6) contain:
   that only records its pickled state and never runs code of the original class;
 * `collections.defaultdict` (optimizer state inside those objects).
 
+torch's weights-only unpickler cannot rebuild a `defaultdict` holding items (the optimizer state
+inside the reference's pickled `LinearWarmup`/`AdamW` objects). For exactly that case the file is
+read a second time with :class:`RestrictedUnpickler`, whose `find_class` resolves only the same
+explicit allow-list (tensor rebuild functions, dict types, the Version classes, inert stand-ins)
+and refuses everything else, so no code from the file can run either way.
+
 A file that needs any other global is refused with :class:`UnsafeCheckpointError`; there is no
 automatic fallback to unsafe loading. Our own released weights are safetensors + JSON.
 """
@@ -103,6 +109,44 @@ def _allow_list() -> list:
     return allowed
 
 
+def _restricted_table() -> dict[tuple[str, str], Any]:
+    table: dict[tuple[str, str], Any] = {
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("collections", "defaultdict"): collections.defaultdict,
+        ("builtins", "dict"): dict,
+        ("__builtin__", "dict"): dict,  # protocol-2 pickles name the Python 2 module
+    }
+    for entry in _allow_list():
+        if isinstance(entry, tuple):
+            cls, name = entry
+            module, _, attr = name.rpartition(".")
+            table[(module, attr)] = cls
+        elif entry not in (dict,):
+            table[(entry.__module__, entry.__qualname__)] = entry
+    return table
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """A pickle reader that resolves only allow-listed globals (see the module docstring)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _restricted_table()[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name} is not allow-listed") from None
+
+
+class _RestrictedPickleModule:
+    """The `pickle_module` handed to `torch.load` for the restricted second read."""
+
+    __name__ = "dalle2_pytorch_restricted_pickle"
+    Unpickler = RestrictedUnpickler
+    UnpicklingError = pickle.UnpicklingError
+    load = staticmethod(pickle.load)
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise NotACheckpointError(f"checkpoint file not found: {path}")
@@ -144,8 +188,14 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     _check_file(path)
     try:
-        with torch.serialization.safe_globals(_allow_list()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            with torch.serialization.safe_globals(_allow_list()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "SETITEMS" not in str(e):
+                raise
+            # an allow-listed defaultdict with items: read again with the restricted unpickler
+            return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_RestrictedPickleModule)
     except pickle.UnpicklingError as e:
         message = str(e)
         if "Unsupported global" in message or "not an allowed global" in message or "GLOBAL" in message:

@@ -219,14 +219,19 @@ class NoiseScheduler(nn.Module):
         log_variance = extract(self.posterior_log_variance_clipped, t, x_t.shape)
         return mean, variance, log_variance
 
-    def learned_log_variance(self, model_var_values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def learned_log_variance(
+        self, model_var_values: torch.Tensor, t: torch.Tensor, *, constrain_frac: bool = False
+    ) -> torch.Tensor:
         """Interpolated log-variance from a network output in [-1, 1] (improved DDPM eq. 15).
 
-        log sigma^2 = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2.
+        log sigma^2 = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2, optionally passed
+        through a sigmoid (`constrain_frac`, the reference's `learned_variance_constrain_frac`).
         """
         min_log = extract(self.posterior_log_variance_clipped, t, model_var_values.shape)
         max_log = extract(torch.log(self.betas), t, model_var_values.shape)
         frac = (model_var_values + 1) / 2
+        if constrain_frac:
+            frac = torch.sigmoid(frac)
         return frac * max_log + (1 - frac) * min_log
 
     # ------------------------------------------------------------------------------------ losses

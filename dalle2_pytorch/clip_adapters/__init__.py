@@ -1,0 +1,102 @@
+"""Frozen CLIP adapters: the only way the prior, decoder and data pipeline talk to CLIP.
+
+* :class:`XClipAdapter` wraps an `x_clip.CLIP` (trainable CLIP, `dalle2_pytorch.CLIP`);
+* :class:`OpenClipAdapter` wraps any open_clip text-transformer CLIP (LAION weights);
+* :class:`OpenAIClipAdapter` builds OpenAI's CLIPs through open_clip (no `clip-anytorch`).
+
+`build_clip_adapter(make, model, ...)` maps the reference config's `make` values to adapters.
+CoCa (`coca_pytorch`) adapters are not provided.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dalle2_pytorch.clip_adapters.base import BaseClipAdapter, EmbeddedImage, EmbeddedText
+from dalle2_pytorch.clip_adapters.open_clip_adapter import (
+    OpenClipAdapter,
+    load_clip_state_dict,
+    open_clip_model_name,
+)
+from dalle2_pytorch.clip_adapters.openai_adapter import OpenAIClipAdapter
+from dalle2_pytorch.clip_adapters.tokenizer import SimpleTokenizer
+from dalle2_pytorch.clip_adapters.x_clip_adapter import XClipAdapter
+
+__all__ = [
+    "CLIP_ADAPTER_MAKES",
+    "BaseClipAdapter",
+    "EmbeddedImage",
+    "EmbeddedText",
+    "OpenAIClipAdapter",
+    "OpenClipAdapter",
+    "SimpleTokenizer",
+    "XClipAdapter",
+    "build_clip_adapter",
+    "load_clip_state_dict",
+]
+
+CLIP_ADAPTER_MAKES = ("openai", "open_clip", "x-clip", "coca")
+
+
+def _default_open_clip_tag(arch: str) -> str:
+    """The reference config's choice: the last tag open_clip lists for the architecture."""
+    import open_clip
+
+    tags = dict(open_clip.list_pretrained())
+    if arch not in tags:
+        raise ValueError(f"open_clip has no pretrained weights for {arch}; pass pretrained=None or a file")
+    return tags[arch]
+
+
+def build_clip_adapter(
+    make: str,
+    model: str | None = None,
+    pretrained: bool | str | os.PathLike | None = True,
+    base_model_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> BaseClipAdapter:
+    """Builds an adapter from the reference `AdapterConfig` fields.
+
+    Args:
+        make: 'openai', 'open_clip', 'x-clip' (also 'x_clip') or 'coca' (not supported).
+        model: architecture name for 'openai' (default 'ViT-L/14') and 'open_clip' (required).
+        pretrained: True = default weights ('openai': OpenAI's; 'open_clip': the last tag open_clip
+            lists for the architecture, as the reference config did); False/None = random weights;
+            a tag (open_clip) or a local weights file. For 'x-clip' only a file path loads weights.
+        base_model_kwargs: x-clip `CLIP(**kwargs)` arguments; open_clip config overrides for
+            'openai'/'open_clip'.
+        **kwargs: forwarded to the adapter constructor (e.g. `device`, `precision`).
+
+    Raises:
+        ValueError: unknown `make`, missing `model`, unknown tag.
+        NotImplementedError: make='coca'.
+    """
+    make_key = make.lower().replace("_", "-") if isinstance(make, str) else make
+    if make_key == "openai":
+        return OpenAIClipAdapter(
+            model or "ViT-L/14", pretrained=pretrained, model_kwargs=base_model_kwargs, **kwargs
+        )
+    if make_key == "open-clip":
+        if not model:
+            raise ValueError("make='open_clip' needs a model name, e.g. 'ViT-H-14'")
+        if pretrained is True:
+            pretrained = _default_open_clip_tag(open_clip_model_name(model))
+        return OpenClipAdapter(
+            model, pretrained=pretrained or None, model_kwargs=base_model_kwargs, **kwargs
+        )
+    if make_key in ("x-clip", "xclip"):
+        from x_clip import CLIP
+
+        from dalle2_pytorch.clip_adapters.open_clip_adapter import load_weights_into
+
+        clip = CLIP(**(base_model_kwargs or {}))
+        if isinstance(pretrained, (str, os.PathLike)):
+            load_weights_into(clip, load_clip_state_dict(pretrained), source=os.fspath(pretrained))
+        return XClipAdapter(clip, **kwargs)
+    if make_key == "coca":
+        raise NotImplementedError(
+            "CoCa CLIP adapters are not supported (coca_pytorch is not a dependency); use 'openai', "
+            "'open_clip' or 'x-clip'"
+        )
+    raise ValueError(f"unknown CLIP adapter make {make!r}; expected one of {list(CLIP_ADAPTER_MAKES)}")

@@ -1,0 +1,1 @@
+"""Reference checkpoint generations -> this package's modules (key conversion, strict diffs)."""

@@ -1,0 +1,420 @@
+"""DiffusionPrior: text (CLIP text embedding + encodings) -> CLIP image embedding, by diffusion.
+
+unCLIP, Ramesh et al. 2022, sec. 2.2: a decoder-only transformer predicts the clean (x_0) image
+embedding directly with an MSE loss, conditioned on the text; at sampling time two embeddings are
+drawn per caption and the one with the higher dot product with the text embedding is kept.
+CLIP image embeddings (unit norm) are scaled by sqrt(d) during training so their per-dimension
+scale matches the unit-variance noise (the reference's `image_embed_scale`).
+
+Differences from the reference 1.15.6, on purpose:
+* the caller's `image_embed` is never modified in place;
+* self-conditioning always feeds an x_0 estimate (the reference fed the raw network output in
+  training, which differs from the x_0 it fed at sampling for eps/v objectives);
+* x_0 is not clamped to [-1, 1] for eps/v objectives (that clipped the sqrt(d)-scaled embeddings);
+* DDIM runs exactly `timesteps` network calls with alpha_bar of the timestep fed to the network
+  (see `diffusion.samplers`); its eta is `ddim_sampling_eta` (reference: fixed at 1);
+* `sample_batch_size`, which raised AttributeError in the reference, works.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle2_pytorch._helpers import default, exists
+from dalle2_pytorch.diffusion import (
+    ModelPrediction,
+    NoiseScheduler,
+    Objective,
+    l2norm_clamp,
+    objective_from_flags,
+    sample as run_sampler,
+)
+from dalle2_pytorch.prior.network import DiffusionPriorNetwork
+from dalle2_pytorch.rng import rand_tensor, randn_tensor
+
+__all__ = ["DiffusionPrior"]
+
+
+def _wrap_clip(clip: Any, overrides: dict) -> Any:
+    if clip is None:
+        return None
+    from dalle2_pytorch.clip_adapters import BaseClipAdapter, XClipAdapter
+
+    if isinstance(clip, BaseClipAdapter):
+        return clip
+    try:
+        from x_clip import CLIP as XCLIP
+    except ImportError:  # pragma: no cover
+        XCLIP = ()
+    if isinstance(clip, XCLIP):
+        return XClipAdapter(clip, **overrides)
+    raise TypeError(f"clip must be a dalle2_pytorch CLIP adapter or an x_clip.CLIP, got {type(clip).__name__}")
+
+
+class DiffusionPrior(nn.Module):
+    """The unCLIP diffusion prior.
+
+    Args (the reference 1.15.6 signature; see reference-inventory §1.3):
+        net: the denoising network, usually a :class:`DiffusionPriorNetwork`.
+        clip: a CLIP adapter (or an x_clip.CLIP, wrapped automatically) used to embed raw text and
+            images and to rerank samples. Frozen.
+        image_embed_dim: CLIP embedding width; defaults to `clip.dim_latent`; must equal `net.dim`.
+        image_size, image_channels: accepted for compatibility (unused).
+        timesteps: diffusion steps T used in training.
+        sample_timesteps: default number of sampling steps (< T samples with DDIM).
+        cond_drop_prob: default for both `text_cond_drop_prob` and `image_cond_drop_prob`
+            (classifier-free guidance dropout during training).
+        loss_type: l1, l2 or huber.
+        predict_x_start, predict_v: the objective (x_0 by default, as in the paper).
+        beta_schedule: cosine, linear, quadratic, jsd or sigmoid.
+        condition_on_text_encodings: feed per-token text encodings to the network.
+        sampling_clamp_l2norm, sampling_final_clamp_l2norm, training_clamp_l2norm,
+            init_image_embed_l2norm: project embeddings onto the sphere of radius `image_embed_scale`
+            (the clamps apply to x_0 objectives only).
+        image_embed_scale: defaults to sqrt(image_embed_dim).
+        clip_adapter_overrides: keyword arguments for the automatic x_clip wrapper.
+        ddim_sampling_eta: eta of DDIM sampling (extension; the reference used 1).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        clip: Any = None,
+        image_embed_dim: int | None = None,
+        image_size: int | None = None,
+        image_channels: int = 3,
+        timesteps: int = 1000,
+        sample_timesteps: int | None = None,
+        cond_drop_prob: float = 0.0,
+        text_cond_drop_prob: float | None = None,
+        image_cond_drop_prob: float | None = None,
+        loss_type: str = "l2",
+        predict_x_start: bool = True,
+        predict_v: bool = False,
+        beta_schedule: str = "cosine",
+        condition_on_text_encodings: bool = True,
+        sampling_clamp_l2norm: bool = False,
+        sampling_final_clamp_l2norm: bool = False,
+        training_clamp_l2norm: bool = False,
+        init_image_embed_l2norm: bool = False,
+        image_embed_scale: float | None = None,
+        clip_adapter_overrides: dict | None = None,
+        ddim_sampling_eta: float = 1.0,
+    ):
+        super().__init__()
+        self.clip = _wrap_clip(clip, dict(clip_adapter_overrides or {}))
+        if self.clip is not None:
+            self.clip.requires_grad_(False)
+            image_embed_dim = default(image_embed_dim, self.clip.dim_latent)
+            if image_embed_dim != self.clip.dim_latent:
+                raise ValueError(
+                    f"image_embed_dim ({image_embed_dim}) must equal the CLIP embedding width ({self.clip.dim_latent})"
+                )
+        if image_embed_dim is None:
+            raise ValueError("image_embed_dim must be given when no clip is attached")
+        net_dim = getattr(net, "dim", image_embed_dim)
+        if net_dim != image_embed_dim:
+            raise ValueError(f"the network width net.dim ({net_dim}) must equal image_embed_dim ({image_embed_dim})")
+        self.net = net
+        self.image_embed_dim = image_embed_dim
+        self.image_size = image_size
+        self.channels = image_channels
+
+        self.noise_scheduler = NoiseScheduler(beta_schedule=beta_schedule, timesteps=timesteps, loss_type=loss_type)
+        self.sample_timesteps = sample_timesteps
+        if sample_timesteps is not None and not 1 <= sample_timesteps <= timesteps:
+            raise ValueError(f"sample_timesteps must be in [1, {timesteps}], got {sample_timesteps}")
+
+        self.text_cond_drop_prob = default(text_cond_drop_prob, cond_drop_prob)
+        self.image_cond_drop_prob = default(image_cond_drop_prob, cond_drop_prob)
+        for name, p in (("text_cond_drop_prob", self.text_cond_drop_prob), ("image_cond_drop_prob", self.image_cond_drop_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        self.condition_on_text_encodings = condition_on_text_encodings
+
+        self.objective = objective_from_flags(predict_x_start, predict_v)
+        self.predict_x_start = self.objective is Objective.X_START
+        self.predict_v = self.objective is Objective.V
+
+        self.image_embed_scale = default(image_embed_scale, image_embed_dim**0.5)
+        self.sampling_clamp_l2norm = sampling_clamp_l2norm
+        self.sampling_final_clamp_l2norm = sampling_final_clamp_l2norm
+        self.training_clamp_l2norm = training_clamp_l2norm
+        self.init_image_embed_l2norm = init_image_embed_l2norm
+        self.ddim_sampling_eta = ddim_sampling_eta
+        self.config: dict | None = None  # set by builders / loaders: the config this model was built from
+
+    # ------------------------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        return self.noise_scheduler.betas.device
+
+    @property
+    def can_classifier_guidance(self) -> bool:
+        return self.text_cond_drop_prob > 0 and self.image_cond_drop_prob > 0
+
+    def train(self, mode: bool = True) -> "DiffusionPrior":
+        super().train(mode)
+        if self.clip is not None:
+            self.clip.eval()
+        return self
+
+    def l2norm_clamp_embed(self, image_embed: torch.Tensor) -> torch.Tensor:
+        return l2norm_clamp(image_embed, self.image_embed_scale)
+
+    # ----------------------------------------------------------------------------- conditioning
+    def _require_clip(self, what: str) -> Any:
+        if self.clip is None:
+            raise ValueError(f"{what} needs a CLIP adapter: pass clip=... to DiffusionPrior, or give embeddings directly")
+        return self.clip
+
+    def tokenize(self, text: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """Strings -> token ids with the CLIP adapter's tokenizer; token tensors pass through."""
+        if isinstance(text, torch.Tensor):
+            return text.to(self.device)
+        clip = self._require_clip("tokenizing text")
+        return clip.tokenize([text] if isinstance(text, str) else list(text)).to(self.device)
+
+    @torch.no_grad()
+    def embed_text(self, text: str | Sequence[str] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text_embed (b, d), text_encodings (b, n, d_text)) from strings or token ids."""
+        clip = self._require_clip("embedding text")
+        out = clip.embed_text(self.tokenize(text))
+        return out.text_embed, out.text_encodings
+
+    def _text_cond(self, text_embed: torch.Tensor, text_encodings: torch.Tensor | None) -> dict:
+        if text_embed.ndim != 2 or text_embed.shape[-1] != self.image_embed_dim:
+            raise ValueError(
+                f"text_embed must have shape (batch, {self.image_embed_dim}), got {tuple(text_embed.shape)}"
+            )
+        cond = {"text_embed": text_embed}
+        if self.condition_on_text_encodings:
+            if text_encodings is None:
+                raise ValueError(
+                    "this prior is conditioned on text encodings (condition_on_text_encodings=True): pass raw "
+                    "`text` with a CLIP attached, or `text_encodings` (batch, tokens, dim)"
+                )
+            if text_encodings.shape[0] != text_embed.shape[0]:
+                raise ValueError(
+                    f"text_encodings batch ({text_encodings.shape[0]}) != text_embed batch ({text_embed.shape[0]})"
+                )
+            cond["text_encodings"] = text_encodings
+        return cond
+
+    # ---------------------------------------------------------------------------------- training
+    def forward(
+        self,
+        text: torch.Tensor | Sequence[str] | None = None,
+        image: torch.Tensor | None = None,
+        text_embed: torch.Tensor | None = None,
+        image_embed: torch.Tensor | None = None,
+        text_encodings: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Training loss (scalar) for a batch.
+
+        Args:
+            text: token ids (b, n) or strings, embedded by the CLIP adapter (exclusive with text_embed).
+            image: images (b, c, h, w) in [0, 1], embedded by the CLIP adapter (exclusive with image_embed).
+            text_embed: (b, d) CLIP text embeddings.
+            image_embed: (b, d) CLIP image embeddings (unit norm; scaled by image_embed_scale here).
+            text_encodings: (b, n, d) per-token text encodings (zero at padding).
+            generator: source of timesteps, noise, dropout and self-conditioning coin flips.
+        """
+        if (text is None) == (text_embed is None):
+            raise ValueError("give exactly one of `text` or `text_embed`")
+        if (image is None) == (image_embed is None):
+            raise ValueError("give exactly one of `image` or `image_embed`")
+        if image is not None:
+            image_embed = self._require_clip("embedding images").embed_image(image).image_embed
+        if text is not None:
+            text_embed, encodings = self.embed_text(text)
+            text_encodings = default(text_encodings, encodings)
+        if image_embed.ndim != 2 or image_embed.shape[-1] != self.image_embed_dim:
+            raise ValueError(
+                f"image_embed must have shape (batch, {self.image_embed_dim}), got {tuple(image_embed.shape)}"
+            )
+        if image_embed.shape[0] != text_embed.shape[0]:
+            raise ValueError(f"image_embed batch ({image_embed.shape[0]}) != text batch ({text_embed.shape[0]})")
+        cond = self._text_cond(text_embed, text_encodings)
+        x_start = image_embed * self.image_embed_scale  # a new tensor: the caller's is untouched
+        return self.p_losses(x_start, cond, generator=generator)
+
+    def p_losses(self, x_start: torch.Tensor, cond: dict, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Loss for scaled clean embeddings x_start (b, d) under text conditioning `cond`."""
+        b = x_start.shape[0]
+        ns = self.noise_scheduler
+        t = ns.sample_random_times(b, device=x_start.device, generator=generator)
+        noise = randn_tensor(x_start.shape, generator=generator, device=x_start.device, dtype=x_start.dtype)
+        x_t = ns.q_sample(x_start, t, noise)
+
+        self_cond = None
+        if getattr(self.net, "self_cond", False) and rand_tensor((), generator=generator).item() < 0.5:
+            with torch.no_grad():
+                pred = self.net(x_t, t, **cond, generator=generator)
+                self_cond = self.objective.to_x_start(ns, x_t, t, pred).detach()
+
+        pred = self.net(
+            x_t,
+            t,
+            **cond,
+            self_cond=self_cond,
+            text_cond_drop_prob=self.text_cond_drop_prob,
+            image_cond_drop_prob=self.image_cond_drop_prob,
+            generator=generator,
+        )
+        if self.predict_x_start and self.training_clamp_l2norm:
+            pred = self.l2norm_clamp_embed(pred)
+        target = self.objective.target(ns, x_start, t, noise)
+        return ns.loss_fn(pred, target)
+
+    # ---------------------------------------------------------------------------------- sampling
+    def _check_guidance(self, cond_scale: float) -> None:
+        if cond_scale == 1:
+            return
+        if not getattr(self.net, "has_unconditional_branch", True):
+            return  # the network warns itself that guidance has no effect (1.1.0-era priors)
+        if not self.can_classifier_guidance:
+            raise ValueError(
+                f"cond_scale={cond_scale} needs a prior trained with conditioning dropout "
+                f"(text_cond_drop_prob={self.text_cond_drop_prob}, image_cond_drop_prob={self.image_cond_drop_prob})"
+            )
+
+    def _denoiser(self, cond: dict):
+        ns = self.noise_scheduler
+
+        def denoise(x_t, t, x_self_cond, cond_scale):
+            pred = self.net.forward_with_cond_scale(x_t, t, cond_scale=cond_scale, self_cond=x_self_cond, **cond)
+            x_start = self.objective.to_x_start(ns, x_t, t, pred)
+            if self.sampling_clamp_l2norm and self.predict_x_start:
+                x_start = self.l2norm_clamp_embed(x_start)
+            return ModelPrediction(x_start=x_start)
+
+        return denoise
+
+    @torch.no_grad()
+    def p_sample_loop(
+        self,
+        shape: tuple[int, int],
+        text_cond: dict,
+        cond_scale: float = 1.0,
+        timesteps: int | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        eta: float | None = None,
+        callback=None,
+    ) -> torch.Tensor:
+        """Samples image embeddings (b, d) in CLIP scale (unit norm when the prior is trained well).
+
+        Args:
+            shape: (b, d).
+            text_cond: dict with `text_embed` (b, d) and, if used, `text_encodings` (b, n, d).
+            cond_scale: classifier-free guidance scale (1 = none).
+            timesteps: sampling steps; T runs DDPM, fewer run DDIM. Default `sample_timesteps` or T.
+            generator: noise source.
+            eta: DDIM eta (default `ddim_sampling_eta`).
+        """
+        self._check_guidance(cond_scale)
+        cond = self._text_cond(text_cond["text_embed"], text_cond.get("text_encodings"))
+        steps = default(timesteps, default(self.sample_timesteps, self.noise_scheduler.num_timesteps))
+        x_T = None
+        if self.init_image_embed_l2norm:
+            noise = randn_tensor(shape, generator=generator, device=self.device, dtype=cond["text_embed"].dtype)
+            x_T = self.l2norm_clamp_embed(noise)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            x = run_sampler(
+                self._denoiser(cond),
+                tuple(shape),
+                self.noise_scheduler,
+                steps=steps,
+                eta=default(eta, self.ddim_sampling_eta),
+                cond_scale=cond_scale,
+                generator=generator,
+                device=self.device,
+                dtype=cond["text_embed"].dtype,
+                x_T=x_T,
+                self_condition=getattr(self.net, "self_cond", False),
+                callback=callback,
+            )
+        finally:
+            self.net.train(was_training)
+        if self.sampling_final_clamp_l2norm and self.predict_x_start:
+            x = self.l2norm_clamp_embed(x)
+        return x / self.image_embed_scale
+
+    @torch.no_grad()
+    def sample_batch_size(self, batch_size: int, text_cond: dict, cond_scale: float = 1.0, **kwargs) -> torch.Tensor:
+        """`batch_size` samples for a batch of text conditioning (reference API; broken there)."""
+        return self.p_sample_loop((batch_size, self.image_embed_dim), text_cond, cond_scale, **kwargs)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        text: torch.Tensor | str | Sequence[str] | None = None,
+        num_samples_per_batch: int = 2,
+        cond_scale: float = 1.0,
+        timesteps: int | None = None,
+        *,
+        text_embed: torch.Tensor | None = None,
+        text_encodings: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        eta: float | None = None,
+        callback=None,
+    ) -> torch.Tensor:
+        """Image embeddings for captions, best of `num_samples_per_batch` by CLIP similarity.
+
+        Args:
+            text: token ids (b, n) or strings (needs a CLIP adapter); or give `text_embed`
+                (+ `text_encodings`) directly.
+            num_samples_per_batch: candidates per caption; the one with the highest cosine similarity
+                to the text embedding is kept (unCLIP sec. 2.2).
+            cond_scale: classifier-free guidance scale.
+            timesteps: sampling steps (default `sample_timesteps`).
+            generator: noise source; the same seed gives the same embeddings.
+
+        Returns:
+            (b, image_embed_dim) image embeddings.
+        """
+        if num_samples_per_batch < 1:
+            raise ValueError(f"num_samples_per_batch must be >= 1, got {num_samples_per_batch}")
+        if text is not None:
+            if text_embed is not None:
+                raise ValueError("give either `text` or `text_embed`, not both")
+            text_embed, encodings = self.embed_text(text)
+            text_encodings = default(text_encodings, encodings)
+        if text_embed is None:
+            raise ValueError("sample needs `text` or `text_embed`")
+        b, r = text_embed.shape[0], num_samples_per_batch
+        cond = {"text_embed": text_embed.repeat_interleave(r, dim=0)}
+        if text_encodings is not None:
+            cond["text_encodings"] = text_encodings.repeat_interleave(r, dim=0)
+        embeds = self.p_sample_loop(
+            (b * r, self.image_embed_dim), cond, cond_scale, timesteps,
+            generator=generator, eta=eta, callback=callback,
+        )
+        if r == 1:
+            return embeds
+        embeds = embeds.reshape(b, r, -1)
+        sims = torch.einsum("b r d, b d -> b r", F.normalize(embeds, dim=-1), F.normalize(text_embed, dim=-1))
+        best = sims.argmax(dim=-1)
+        return embeds[torch.arange(b, device=embeds.device), best]
+
+    # ------------------------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_checkpoint(cls, path, config=None, *, clip=None, map_location="cpu", strict: bool = True) -> "DiffusionPrior":
+        """Loads a prior saved by the reference package (1.1.0 or 1.15.6 layouts) or by us.
+
+        See :func:`dalle2_pytorch.compat.prior_loading.load_prior`.
+        """
+        from dalle2_pytorch.compat.prior_loading import load_prior
+
+        return load_prior(path, config, clip=clip, map_location=map_location, strict=strict)

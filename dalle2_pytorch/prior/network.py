@@ -1,0 +1,387 @@
+"""DiffusionPriorNetwork: the DALL·E 2 prior's decoder-only transformer.
+
+Ramesh et al. 2022, "Hierarchical Text-Conditional Image Generation with CLIP Latents", §2.1: the
+prior predicts the (unnoised) CLIP image embedding from a causal transformer over the sequence
+[text encodings, text embedding, timestep embedding, noised image embedding, learned query]; the
+output token is the one at the learned query. Classifier-free guidance (Ho & Salimans 2022, eq. 6)
+drops the conditioning by replacing it with learned null embeddings.
+
+Two layouts reproduce the two generations of reference checkpoints:
+
+* "1.15.6" (default): `null_text_encodings` (1, max_text_len, dim), `null_text_embeds`
+  (1, num_text_embeds, dim) and `null_image_embed` (1, dim); dropping the conditioning replaces the
+  text encodings, the text embedding and the noised image embedding by them.
+* "1.1.0" (LAION prior era): one `null_text_embed` (1, max_text_len, dim) that fills the padding
+  positions of the text encodings only. The conditioning drop of that generation never reached the
+  transformer, so the network has no unconditional branch: drop probabilities have no effect.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from dalle2_pytorch.layers.embeddings import MLP, SinusoidalPosEmb
+from dalle2_pytorch.prior.transformer import CausalTransformer, check_layout
+
+__all__ = ["DiffusionPriorNetwork"]
+
+
+class _ToTokens(nn.Module):
+    """(b, n·dim) -> (b, n, dim) (the reference's `Rearrange('b (n d) -> b n d')`)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.n, -1))
+
+
+def _check_prob(name: str, p: float) -> float:
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+    return p
+
+
+def _drop_probs(text_p: float, image_p: float, cond_p: float | None) -> tuple[float, float]:
+    """Resolves the 1.1.0-style `cond_drop_prob` alias into (text, image) drop probabilities."""
+    if cond_p is not None:
+        if text_p != 0.0 or image_p != 0.0:
+            raise ValueError("pass either cond_drop_prob or text_cond_drop_prob/image_cond_drop_prob, not both")
+        text_p = image_p = cond_p
+    return _check_prob("text_cond_drop_prob", text_p), _check_prob("image_cond_drop_prob", image_p)
+
+
+class DiffusionPriorNetwork(nn.Module):
+    """Causal transformer predicting an image embedding from noised embedding, time and text.
+
+    Args:
+        dim: model width = CLIP image-embedding width = per-token text-encoding width.
+        num_timesteps: None for continuous time (sinusoid + MLP); an int T for a learned table of
+            T embeddings (must equal the diffusion's number of timesteps).
+        num_time_embeds, num_image_embeds, num_text_embeds: tokens each input is split into.
+        max_text_len: text encodings are truncated / padded to this many tokens.
+        self_cond: add a token holding the previous x0 estimate (layout "1.15.6" only).
+        depth, dim_head, heads, ff_mult, norm_in, norm_out, attn_dropout, ff_dropout, final_proj,
+            normformer, rotary_emb: see :class:`CausalTransformer`.
+        layout: "1.15.6" or "1.1.0" (see module docstring).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_timesteps: int | None = None,
+        num_time_embeds: int = 1,
+        num_image_embeds: int = 1,
+        num_text_embeds: int = 1,
+        max_text_len: int = 256,
+        self_cond: bool = False,
+        *,
+        depth: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        ff_mult: int = 4,
+        norm_in: bool = False,
+        norm_out: bool = True,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        final_proj: bool = True,
+        normformer: bool = False,
+        rotary_emb: bool = True,
+        layout: str = "1.15.6",
+    ):
+        super().__init__()
+        self.layout = check_layout(layout)
+        for name, value in (
+            ("dim", dim),
+            ("depth", depth),
+            ("dim_head", dim_head),
+            ("heads", heads),
+            ("num_time_embeds", num_time_embeds),
+            ("num_image_embeds", num_image_embeds),
+            ("num_text_embeds", num_text_embeds),
+            ("max_text_len", max_text_len),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if num_timesteps is not None and (isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1):
+            raise ValueError(f"num_timesteps must be None or a positive integer, got {num_timesteps!r}")
+        if self_cond and layout == "1.1.0":
+            raise ValueError("self_cond=True needs layout '1.15.6': 1.1.0-era priors have no self-conditioning")
+
+        self.dim = dim
+        self.num_timesteps = num_timesteps
+        self.num_time_embeds = num_time_embeds
+        self.num_image_embeds = num_image_embeds
+        self.num_text_embeds = num_text_embeds
+        self.max_text_len = max_text_len
+        self.self_cond = self_cond
+        self.continuous_embedded_time = num_timesteps is None
+
+        if num_timesteps is None:
+            time_in: nn.Module = nn.Sequential(SinusoidalPosEmb(dim), MLP(dim, dim * num_time_embeds))
+        else:
+            time_in = nn.Embedding(num_timesteps, dim * num_time_embeds)
+        self.to_time_embeds = nn.Sequential(time_in, _ToTokens(num_time_embeds))
+
+        def split(n: int) -> nn.Sequential:
+            return nn.Sequential(nn.Linear(dim, dim * n) if n > 1 else nn.Identity(), _ToTokens(n))
+
+        self.to_text_embeds = split(num_text_embeds)
+        self.to_image_embeds = split(num_image_embeds)
+
+        self.learned_query = nn.Parameter(torch.randn(dim))
+        if layout == "1.15.6":
+            self.null_text_encodings = nn.Parameter(torch.randn(1, max_text_len, dim))
+            self.null_text_embeds = nn.Parameter(torch.randn(1, num_text_embeds, dim))
+            self.null_image_embed = nn.Parameter(torch.randn(1, dim))
+        else:
+            self.null_text_embed = nn.Parameter(torch.randn(1, max_text_len, dim))
+
+        self.causal_transformer = CausalTransformer(
+            dim=dim,
+            depth=depth,
+            dim_head=dim_head,
+            heads=heads,
+            ff_mult=ff_mult,
+            norm_in=norm_in,
+            norm_out=norm_out,
+            attn_dropout=attn_dropout,
+            ff_dropout=ff_dropout,
+            final_proj=final_proj,
+            normformer=normformer,
+            rotary_emb=rotary_emb,
+            layout=layout,
+        )
+
+    @property
+    def has_unconditional_branch(self) -> bool:
+        """Whether dropping the conditioning changes the output (False for layout "1.1.0")."""
+        return self.layout != "1.1.0"
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length seen by the transformer."""
+        return (
+            self.max_text_len
+            + self.num_text_embeds
+            + self.num_time_embeds
+            + self.num_image_embeds
+            + int(self.self_cond)
+            + 1
+        )
+
+    # ------------------------------------------------------------------ inputs
+
+    def _check_inputs(
+        self,
+        image_embed: torch.Tensor,
+        diffusion_timesteps: torch.Tensor,
+        text_embed: torch.Tensor,
+        text_encodings: torch.Tensor | None,
+        self_cond: torch.Tensor | None,
+    ) -> None:
+        d = self.dim
+        if image_embed.ndim != 2 or image_embed.shape[-1] != d:
+            raise ValueError(f"image_embed must have shape (batch, {d}), got {tuple(image_embed.shape)}")
+        b = image_embed.shape[0]
+        if text_embed.ndim != 2 or text_embed.shape != (b, d):
+            raise ValueError(f"text_embed must have shape ({b}, {d}), got {tuple(text_embed.shape)}")
+        if not torch.is_tensor(diffusion_timesteps) or diffusion_timesteps.shape != (b,):
+            shape = tuple(diffusion_timesteps.shape) if torch.is_tensor(diffusion_timesteps) else type(diffusion_timesteps)
+            raise ValueError(f"diffusion_timesteps must be a tensor of shape ({b},), got {shape}")
+        if not self.continuous_embedded_time and diffusion_timesteps.is_floating_point():
+            raise TypeError(
+                "this network has a learned time embedding (num_timesteps set): diffusion_timesteps must be "
+                f"an integer tensor, got {diffusion_timesteps.dtype}"
+            )
+        if text_encodings is not None and (
+            text_encodings.ndim != 3 or text_encodings.shape[0] != b or text_encodings.shape[-1] != d
+        ):
+            raise ValueError(
+                f"text_encodings must have shape ({b}, seq_len, {d}), got {tuple(text_encodings.shape)}"
+            )
+        if self_cond is not None:
+            if not self.self_cond:
+                raise ValueError("self_cond was given but the network was built with self_cond=False")
+            if self_cond.shape != (b, d):
+                raise ValueError(f"self_cond must have shape ({b}, {d}), got {tuple(self_cond.shape)}")
+
+    def _keep_mask(self, b: int, drop_prob: float, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+        if drop_prob == 0.0:
+            return torch.ones(b, dtype=torch.bool, device=device)
+        if drop_prob == 1.0:
+            return torch.zeros(b, dtype=torch.bool, device=device)
+        return torch.rand(b, generator=generator, device=device) < (1.0 - drop_prob)
+
+    def _text_encoding_tokens(
+        self, text_encodings: torch.Tensor | None, text_keep: torch.Tensor, b: int, like: torch.Tensor
+    ) -> torch.Tensor:
+        """(b, max_text_len, dim): encodings, null rows at padding (and, 1.15.6, dropped samples)."""
+        L = self.max_text_len
+        if text_encodings is None:
+            text_encodings = like.new_zeros(b, 0, self.dim)
+        text_encodings = text_encodings[:, :L]
+        present = (text_encodings != 0).any(dim=-1)  # (b, n) padding = all features exactly 0
+        text_encodings = text_encodings.to(like.dtype)
+        pad = L - text_encodings.shape[1]
+        if pad > 0:
+            text_encodings = torch.cat((text_encodings, text_encodings.new_zeros(b, pad, self.dim)), dim=1)
+            present = torch.cat((present, present.new_zeros(b, pad)), dim=1)
+        if self.layout == "1.15.6":
+            keep = present & text_keep[:, None]
+            null = self.null_text_encodings
+        else:
+            keep = present
+            null = self.null_text_embed
+        return torch.where(keep[..., None], text_encodings, null.to(like.dtype))
+
+    # ------------------------------------------------------------------ forward
+
+    def _forward_masked(
+        self,
+        image_embed: torch.Tensor,
+        diffusion_timesteps: torch.Tensor,
+        text_embed: torch.Tensor,
+        text_encodings: torch.Tensor | None,
+        self_cond: torch.Tensor | None,
+        text_keep: torch.Tensor,
+        image_keep: torch.Tensor,
+    ) -> torch.Tensor:
+        b, dtype = image_embed.shape[0], image_embed.dtype
+
+        text_tokens = self.to_text_embeds(text_embed.to(dtype))  # (b, n_txt, d)
+        image_tokens = self.to_image_embeds(image_embed)  # (b, n_img, d)
+        encodings = self._text_encoding_tokens(text_encodings, text_keep, b, image_embed)
+
+        if self.layout == "1.15.6":
+            text_tokens = torch.where(text_keep[:, None, None], text_tokens, self.null_text_embeds.to(dtype))
+            image_tokens = torch.where(image_keep[:, None, None], image_tokens, self.null_image_embed.to(dtype))
+
+        if self.continuous_embedded_time:
+            time_tokens = self.to_time_embeds(diffusion_timesteps.float())
+        else:
+            time_tokens = self.to_time_embeds(diffusion_timesteps.long())
+        time_tokens = time_tokens.to(dtype)  # (b, n_time, d)
+
+        tokens = [encodings, text_tokens, time_tokens, image_tokens]
+        if self.self_cond:
+            sc = self_cond if self_cond is not None else torch.zeros_like(image_embed)
+            tokens.append(sc.to(dtype)[:, None, :])
+        tokens.append(self.learned_query.to(dtype).expand(b, 1, self.dim))
+
+        out = self.causal_transformer(torch.cat(tokens, dim=1))
+        return out[:, -1]
+
+    def forward(
+        self,
+        image_embed: torch.Tensor,
+        diffusion_timesteps: torch.Tensor,
+        *,
+        text_embed: torch.Tensor,
+        text_encodings: torch.Tensor | None = None,
+        self_cond: torch.Tensor | None = None,
+        text_cond_drop_prob: float = 0.0,
+        image_cond_drop_prob: float = 0.0,
+        cond_drop_prob: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Predicts the network target (x0, ε or v, as the wrapper trains it).
+
+        Args:
+            image_embed: noised image embedding x_t, (b, dim).
+            diffusion_timesteps: (b,) integer timesteps (float allowed for continuous time).
+            text_embed: pooled text embedding, (b, dim).
+            text_encodings: per-token text encodings (b, seq_len, dim); positions whose features are
+                all exactly 0 are padding. None = no text tokens (all positions null).
+            self_cond: previous x0 estimate (b, dim) for self-conditioned networks (zeros if None).
+            text_cond_drop_prob: probability per sample of replacing the text conditioning (text
+                encodings and text embedding) by the learned nulls.
+            image_cond_drop_prob: the same for the noised image embedding.
+            cond_drop_prob: 1.1.0-style alias setting both probabilities.
+            generator: random source for the drop masks.
+
+        Returns:
+            (b, dim) output at the learned-query token.
+        """
+        self._check_inputs(image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond)
+        text_p, image_p = _drop_probs(text_cond_drop_prob, image_cond_drop_prob, cond_drop_prob)
+        b, device = image_embed.shape[0], image_embed.device
+        if self.has_unconditional_branch:
+            text_keep = self._keep_mask(b, text_p, device, generator)
+            image_keep = self._keep_mask(b, image_p, device, generator)
+        else:
+            text_keep = image_keep = torch.ones(b, dtype=torch.bool, device=device)
+        return self._forward_masked(
+            image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond, text_keep, image_keep
+        )
+
+    def forward_with_cond_scale(
+        self,
+        image_embed: torch.Tensor,
+        diffusion_timesteps: torch.Tensor,
+        *,
+        cond_scale: float = 1.0,
+        text_embed: torch.Tensor,
+        text_encodings: torch.Tensor | None = None,
+        self_cond: torch.Tensor | None = None,
+        text_cond_drop_prob: float = 0.0,
+        image_cond_drop_prob: float = 0.0,
+        cond_drop_prob: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Classifier-free guidance: null + (cond − null)·cond_scale (Ho & Salimans 2022, eq. 6).
+
+        The null pass drops text and image conditioning. The conditional and null passes run as one
+        batch of 2b. At cond_scale == 1 only the conditional pass runs. Other arguments as in
+        :meth:`forward` (they apply to the conditional pass). Layout "1.1.0" has no unconditional
+        branch: a cond_scale other than 1 warns and returns the conditional output.
+
+        Returns:
+            (b, dim).
+        """
+        kwargs = dict(
+            text_embed=text_embed,
+            text_encodings=text_encodings,
+            self_cond=self_cond,
+            text_cond_drop_prob=text_cond_drop_prob,
+            image_cond_drop_prob=image_cond_drop_prob,
+            cond_drop_prob=cond_drop_prob,
+            generator=generator,
+        )
+        if cond_scale == 1:
+            return self.forward(image_embed, diffusion_timesteps, **kwargs)
+        if not self.has_unconditional_branch:
+            warnings.warn(
+                f"cond_scale={cond_scale} has no effect: 1.1.0-layout priors have no unconditional "
+                "branch (their conditioning dropout never reached the transformer)",
+                UserWarning,
+                stacklevel=2,
+            )
+            return self.forward(image_embed, diffusion_timesteps, **kwargs)
+
+        self._check_inputs(image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond)
+        text_p, image_p = _drop_probs(text_cond_drop_prob, image_cond_drop_prob, cond_drop_prob)
+        b, device = image_embed.shape[0], image_embed.device
+        text_keep = self._keep_mask(b, text_p, device, generator)
+        image_keep = self._keep_mask(b, image_p, device, generator)
+        drop = torch.zeros(b, dtype=torch.bool, device=device)
+
+        def twice(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else torch.cat((x, x), dim=0)
+
+        out = self._forward_masked(
+            twice(image_embed),
+            twice(diffusion_timesteps),
+            twice(text_embed),
+            twice(text_encodings),
+            twice(self_cond),
+            torch.cat((text_keep, drop)),
+            torch.cat((image_keep, drop)),
+        )
+        cond, null = out[:b], out[b:]
+        return null + (cond - null) * cond_scale
