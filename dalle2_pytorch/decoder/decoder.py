@@ -212,6 +212,13 @@ class Decoder(DecoderSamplingMixin, nn.Module):
             cond_on_image_embeds=first and not self.unconditional,
             cond_on_text_encodings=(not self.unconditional) and bool(unet.cond_on_text_encodings),
         )
+        if wanted["cond_on_image_embeds"] and unet.image_embed_dim is None:
+            if self.clip is None:
+                raise ValueError(
+                    f"unet {stage.unet_number} is conditioned on image embeddings: give it image_embed_dim "
+                    "(or attach a clip to the decoder)"
+                )
+            wanted["image_embed_dim"] = self.clip.dim_latent
         cast = unet.cast_model_parameters(**wanted)
         # a fresh Unet has a zero-initialised output conv: rebuilding it loses nothing
         fresh = all(not p.any() for p in unet.to_out.parameters()) if hasattr(unet, "to_out") else False

@@ -1,0 +1,130 @@
+"""`UnetConfig`: every `Unet` constructor argument as an explicit, typed field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import field_validator, model_validator
+
+from .base import Layout, PositiveInt, StrictModel, constructor_kwargs
+
+__all__ = ["UnetConfig"]
+
+# per-stage options: a scalar, or one value per entry of dim_mults
+_PER_STAGE = ("self_attn", "resnet_groups", "num_resnet_blocks")
+
+
+class UnetConfig(StrictModel):
+    """One decoder `Unet`. Defaults equal the `Unet` constructor defaults."""
+
+    _legacy_keys = {
+        "sparse_attn_window": "documented in the reference README but never had an effect",
+    }
+
+    dim: PositiveInt
+    """Base channel width; stage i has dim * dim_mults[i] channels."""
+    image_embed_dim: PositiveInt | None = None
+    """CLIP image-embedding dim (conditioning input)."""
+    text_embed_dim: PositiveInt | None = None
+    """Width of the CLIP text encodings; required with `cond_on_text_encodings`."""
+    cond_dim: PositiveInt | None = None
+    """Width of the conditioning tokens; None: `dim`."""
+    num_image_tokens: PositiveInt = 4
+    """Tokens the image embedding is projected to."""
+    num_time_tokens: PositiveInt = 2
+    """Tokens the time embedding is projected to."""
+    out_dim: PositiveInt | None = None
+    """Accepted for compatibility; unused (see `channels_out`)."""
+    dim_mults: tuple[PositiveInt, ...] = (1, 2, 4, 8)
+    """Channel multiplier of each stage (one entry per resolution)."""
+    channels: PositiveInt = 3
+    """Image channels."""
+    channels_out: PositiveInt | None = None
+    """Output channels; None: `channels` (the Decoder doubles it for learned variance)."""
+    self_attn: bool | tuple[bool, ...] = False
+    """Full self-attention after each stage; a bool or one per stage (0/1 accepted)."""
+    attn_dim_head: PositiveInt = 32
+    """Head width of self-attention and linear attention."""
+    attn_heads: PositiveInt = 16
+    """Heads of self-attention and linear attention."""
+    lowres_cond: bool = False
+    """Condition on a low-resolution image (set by the Decoder for unets after the first)."""
+    lowres_noise_cond: bool = False
+    """Condition on the low-res augmentation noise level (Imagen)."""
+    self_cond: bool = False
+    """Self-conditioning on the previous x0 estimate (extra input channels)."""
+    sparse_attn: bool = False
+    """Linear attention on stages without full self-attention."""
+    cosine_sim_cross_attn: bool = False
+    """Cosine-similarity cross-attention."""
+    cosine_sim_self_attn: bool = False
+    """Cosine-similarity self-attention."""
+    attend_at_middle: bool = True
+    """Accepted for compatibility; the middle attention is always built."""
+    cond_on_text_encodings: bool = False
+    """Cross-attend to text encodings in the middle blocks (null is read as false)."""
+    max_text_len: PositiveInt = 256
+    """Text encodings are padded / truncated to this many tokens."""
+    cond_on_image_embeds: bool = False
+    """Image tokens join the cross-attention context (the Decoder sets it for unet 1)."""
+    add_image_embeds_to_time: bool = True
+    """Add a projection of the image embedding to the time embedding."""
+    init_dim: PositiveInt | None = None
+    """Channels after the initial conv; None: `dim`."""
+    init_conv_kernel_size: PositiveInt = 7
+    """Kernel of the initial conv (only when `init_cross_embed` is false)."""
+    resnet_groups: PositiveInt | tuple[PositiveInt, ...] = 8
+    """GroupNorm groups; an int or one per stage."""
+    resnet_weight_standardization: bool = False
+    """Weight-standardised convolutions in the resnet blocks."""
+    num_resnet_blocks: PositiveInt | tuple[PositiveInt, ...] = 2
+    """Resnet blocks per stage; an int or one per stage."""
+    init_cross_embed: bool = True
+    """Initial conv is a multi-scale cross-embed layer."""
+    init_cross_embed_kernel_sizes: tuple[PositiveInt, ...] = (3, 7, 15)
+    """Kernel sizes of the initial cross-embed layer."""
+    cross_embed_downsample: bool = False
+    """Downsample with cross-embed layers instead of pixel-unshuffle + 1x1 conv."""
+    cross_embed_downsample_kernel_sizes: tuple[PositiveInt, ...] = (2, 4)
+    """Kernel sizes of the cross-embed downsample."""
+    memory_efficient: bool = False
+    """Imagen efficient-UNet ordering (downsample before each stage's resnets)."""
+    scale_skip_connection: bool = False
+    """Scale skip connections by 2^-0.5."""
+    pixel_shuffle_upsample: bool = True
+    """Upsample with conv + pixel shuffle (False: nearest + 3x3 conv)."""
+    final_conv_kernel_size: PositiveInt = 1
+    """Kernel of the output conv."""
+    combine_upsample_fmaps: bool = False
+    """Concatenate resized feature maps of every up stage before the final block."""
+    checkpoint_during_training: bool = False
+    """Gradient checkpointing in training mode."""
+    layout: Layout = "1.15.6"
+    """(Extension) module/operation layout to build: '1.15.6' or '1.1.0' (LAION-era checkpoints)."""
+
+    @field_validator("cond_on_text_encodings", mode="before")
+    @classmethod
+    def _null_is_false(cls, value: Any) -> Any:
+        # the reference typed this field `bool = None`, so its dumps contain null
+        return False if value is None else value
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> UnetConfig:
+        num_stages = len(self.dim_mults)
+        if num_stages == 0:
+            raise ValueError("unet dim_mults must have at least one entry")
+        for name in _PER_STAGE:
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != num_stages:
+                raise ValueError(
+                    f"unet {name} has {len(value)} entries but dim_mults has {num_stages} stages"
+                )
+        if self.cond_on_text_encodings and self.text_embed_dim is None:
+            raise ValueError("unet cond_on_text_encodings=true needs text_embed_dim")
+        return self
+
+    def create(self) -> Any:
+        """Builds `dalle2_pytorch.decoder.unet.Unet` from these fields."""
+        from dalle2_pytorch.decoder.unet import Unet
+
+        return Unet(**constructor_kwargs(self))
