@@ -1,0 +1,151 @@
+"""Released-weights exports.
+
+* :func:`export_model` — this package's format: a directory with `model.safetensors`,
+  `config.json` (`{"format": "dalle2_pytorch", "kind": "prior"|"decoder", "version": ...,
+  "config": <model config dict>}`) and a `manifest.json` (sizes + sha256), written atomically.
+* :func:`export_reference_model` — the reference package's tracker "model" `.pth` layout,
+  `{"version": "<str>", "config": {...} (decoders only), "model": state_dict}`, for tools built on
+  the reference. The version is a plain string and nothing else is pickled; the derived
+  noise-schedule buffers (non-persistent here, stored by the reference) are included so that the
+  reference's strict loading accepts the file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from dalle2_pytorch.training.checkpoint import _fsync_dir, _fsync_file, _jsonable, _write_json, to_safetensors_dict, write_checkpoint
+from dalle2_pytorch.version import REFERENCE_VERSION, __version__
+
+__all__ = ["EXPORT_FORMAT", "export_model", "export_reference_model", "infer_kind"]
+
+EXPORT_FORMAT = "dalle2_pytorch"
+_SCHEDULE_MODULES = ("noise_scheduler", "noise_schedulers")
+
+
+def infer_kind(model: nn.Module) -> str:
+    """"prior" or "decoder" from the model's class (or its `.unets` attribute)."""
+    name = type(model).__name__.lower()
+    if "prior" in name:
+        return "prior"
+    if "decoder" in name or hasattr(model, "unets"):
+        return "decoder"
+    raise ValueError(f"cannot tell whether {type(model).__name__} is a prior or a decoder; pass kind=")
+
+
+def _check_kind(kind: str | None, model: nn.Module) -> str:
+    kind = kind or infer_kind(model)
+    if kind not in ("prior", "decoder"):
+        raise ValueError(f"kind must be 'prior' or 'decoder', got {kind!r}")
+    return kind
+
+
+def _weights(model: nn.Module, exclude_prefixes: Sequence[str]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(exclude_prefixes))}
+
+
+def export_model(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    kind: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    exclude_prefixes: Sequence[str] = ("clip.",),
+) -> Path:
+    """Writes `model`'s weights and config in this package's released-weights format.
+
+    Args:
+        model: a `DiffusionPrior` or `Decoder` (pass the EMA model for released weights).
+        directory: output directory (replaced atomically if it exists).
+        kind: "prior" / "decoder"; inferred from the class when None.
+        config: the model config dict; defaults to `model.config`.
+        exclude_prefixes: state-dict prefixes left out (CLIP is kept separately by default).
+
+    Returns:
+        The directory.
+    """
+    kind = _check_kind(kind, model)
+    config = dict(config) if config is not None else getattr(model, "config", None)
+    header = {
+        "format": EXPORT_FORMAT,
+        "kind": kind,
+        "version": __version__,
+        "reference_version": REFERENCE_VERSION,
+        "config": _jsonable(config, "config"),
+    }
+    weights = to_safetensors_dict(_weights(model, exclude_prefixes), f"{kind} state dict")
+    writers = {
+        "model.safetensors": lambda p: save_file(weights, str(p), metadata={"format": "pt", "kind": kind}),
+        "config.json": lambda p: _write_json(p, header),
+    }
+    return write_checkpoint(directory, writers, kind=kind)
+
+
+def _layout_of(model: nn.Module) -> str | None:
+    for obj in (model, getattr(model, "net", None), *getattr(model, "unets", ())):
+        layout = getattr(obj, "layout", None)
+        if isinstance(layout, str):
+            return layout
+    return None
+
+
+def reference_state_dict(model: nn.Module, exclude_prefixes: Sequence[str] = ("clip.",)) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` plus its non-persistent noise-schedule buffers, CPU tensors, without
+    the excluded prefixes."""
+    sd = _weights(model, exclude_prefixes)
+    for name, buf in model.named_buffers():
+        if name not in sd and name.split(".", 1)[0] in _SCHEDULE_MODULES:
+            sd[name] = buf
+    return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+
+def export_reference_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    kind: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    version: str | None = None,
+    exclude_prefixes: Sequence[str] = ("clip.",),
+) -> Path:
+    """Writes the reference's tracker "model" `.pth` layout (see the module docstring).
+
+    Args:
+        model: the (EMA) `DiffusionPrior` or `Decoder`.
+        path: the `.pth` file, written atomically (temporary file + `os.replace`).
+        kind: "prior" / "decoder"; inferred when None.
+        config: decoders only — the reference's full `TrainDecoderConfig` dump if available;
+            defaults to `{"decoder": model.config}`.
+        version: the version string stored; defaults to the model's key layout ("1.15.6" or
+            "1.1.0").
+    """
+    kind = _check_kind(kind, model)
+    path = Path(path)
+    obj: dict[str, Any] = {"version": str(version or _layout_of(model) or REFERENCE_VERSION)}
+    if kind == "decoder":
+        if config is None:
+            model_config = getattr(model, "config", None)
+            config = {"decoder": model_config} if model_config is not None else {}
+        obj["config"] = _jsonable(dict(config), "config")
+    elif config is not None:
+        raise ValueError("reference prior files carry no config; keep the prior config JSON beside the file")
+    obj["model"] = reference_state_dict(model, exclude_prefixes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        torch.save(obj, tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
