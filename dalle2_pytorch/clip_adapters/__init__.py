@@ -66,6 +66,9 @@ def build_clip_adapter(
             a tag (open_clip) or a local weights file. For 'x-clip' only a file path loads weights.
         base_model_kwargs: x-clip `CLIP(**kwargs)` arguments; open_clip config overrides for
             'openai'/'open_clip'.
+            For 'x-clip', `model` may instead name a folder saved by
+            `dalle2_pytorch.demo.train_clip.save_clip` (`clip_config.json` + `clip.safetensors`,
+            tokenizer included), which is loaded whole.
         **kwargs: forwarded to the adapter constructor (e.g. `device`, `precision`).
 
     Raises:
@@ -87,6 +90,12 @@ def build_clip_adapter(
         )
     if make_key in ("x-clip", "xclip"):
         from x_clip import CLIP
+
+        if model and os.path.isdir(os.fspath(model)):
+            from dalle2_pytorch.demo.train_clip import load_clip
+
+            clip, tokenizer = load_clip(model)
+            return XClipAdapter(clip, tokenizer=tokenizer, **kwargs)
 
         from dalle2_pytorch.clip_adapters.open_clip_adapter import load_weights_into
 

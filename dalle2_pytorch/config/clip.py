@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pathlib import Path
+
 from pydantic import model_validator
 
 from .base import StrictModel
@@ -30,10 +32,12 @@ class AdapterConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_kwargs(self) -> AdapterConfig:
-        if self.make in ("x-clip", "coca") and not self.base_model_kwargs:
+        saved_folder = self.make == "x-clip" and self.model not in (None, "ViT-L/14") and Path(self.model).is_dir()
+        if self.make in ("x-clip", "coca") and not self.base_model_kwargs and not saved_folder:
             raise ValueError(
                 f"clip.make={self.make!r} builds a model from scratch and needs "
-                "clip.base_model_kwargs (its constructor arguments)"
+                "clip.base_model_kwargs (its constructor arguments), or for x-clip a saved model folder "
+                "in clip.model"
             )
         return self
 
