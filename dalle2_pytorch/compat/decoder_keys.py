@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from dalle2_pytorch.compat.keys import StateDictMismatchError, check_state_dict, expected_shapes
+from dalle2_pytorch.diffusion.noise_scheduler import SCHEDULE_BUFFER_NAMES
 
 __all__ = [
     "DECODER_LAYOUTS",
@@ -41,21 +42,6 @@ __all__ = [
 
 DECODER_LAYOUTS = ("1.1.0", "1.15.6")
 
-SCHEDULE_BUFFER_NAMES = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-    "p2_loss_weight",
-)
 
 _UNET_KEY = re.compile(r"^unets\.(\d+)\.(.+)$")
 _SCHEDULE_KEY = re.compile(

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from dalle2_pytorch.compat.keys import StateDictMismatchError, check_state_dict
+from dalle2_pytorch.diffusion.noise_scheduler import SCHEDULE_BUFFER_NAMES
 
 __all__ = [
     "NOISE_SCHEDULER_BUFFERS",
@@ -46,21 +47,7 @@ __all__ = [
 
 PRIOR_LAYOUTS = ("1.1.0", "1.15.6")
 
-NOISE_SCHEDULER_BUFFERS = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-    "p2_loss_weight",
-)
+NOISE_SCHEDULER_BUFFERS = SCHEDULE_BUFFER_NAMES  # the 13 schedule tensors the reference stores
 
 _NET = "net."
 _SCHED = "noise_scheduler."
