@@ -66,13 +66,31 @@ def _read_folder(path: Path, prefer_ema: bool) -> LoadedWeights:
     version = meta.get("version")
     if state_path.exists() and config is None:
         trainer_state = json.loads(state_path.read_text())
-        config = trainer_state.get("config")
+        config = trainer_state.get("model_config") or trainer_state.get("config")
         version = version or trainer_state.get("version")
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types
         raise NotACheckpointError(f"could not read {weights}: {e}") from e
+    if weights.name == "ema.safetensors":
+        state = _ema_weights_from_trainer_file(state, str(weights))
     return LoadedWeights(state, str(weights), kind, None if version is None else str(version), config)
+
+
+def _ema_weights_from_trainer_file(state: dict, source: str) -> dict:
+    """EMA model weights from our trainer's `ema.safetensors`: `ema_model.*` (prior) or
+    `{i}.ema_model.*` (one EMA per decoder Unet, mapped back to `unets.{i}.*`)."""
+    prior = _strip_prefix(state, "ema_model.")
+    if prior:
+        return prior
+    out = {}
+    for key, value in state.items():
+        index, _, rest = key.partition(".")
+        if index.isdigit() and rest.startswith("ema_model."):
+            out[f"unets.{index}.{rest[len('ema_model.'):]}"] = value
+    if not out:
+        raise NotACheckpointError(f"{source} holds no EMA model weights (no 'ema_model.' keys)")
+    return out
 
 
 def read_weights(path: str | os.PathLike, *, prefer_ema: bool = True, map_location: Any = "cpu") -> LoadedWeights:

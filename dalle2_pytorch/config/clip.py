@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pathlib import Path
-
 from pydantic import model_validator
 
 from .base import StrictModel
@@ -32,7 +30,8 @@ class AdapterConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_kwargs(self) -> AdapterConfig:
-        saved_folder = self.make == "x-clip" and self.model not in (None, "ViT-L/14") and Path(self.model).is_dir()
+        # x-clip may instead name a saved model folder in `model` (checked when the adapter is built)
+        saved_folder = self.make == "x-clip" and self.model not in (None, "", "ViT-L/14")
         if self.make in ("x-clip", "coca") and not self.base_model_kwargs and not saved_folder:
             raise ValueError(
                 f"clip.make={self.make!r} builds a model from scratch and needs "

@@ -164,3 +164,22 @@ def test_stitching_unets_from_two_files():
     assert [s.beta_schedule for s in stitched.stages] == [s.beta_schedule for s in whole.stages]
     with pytest.raises(ValueError, match="strictly increasing"):
         Decoder.from_checkpoint([(cascade, [2]), (base, [1])])
+
+
+def test_from_checkpoint_reads_our_trainer_checkpoint_folders(tmp_path):
+    from dalle2_pytorch.training import DiffusionPriorTrainer
+
+    from tests.prior.test_diffusion_prior import make_prior
+
+    prior = make_prior()
+    prior.config = {"net": {"dim": 32, "depth": 1, "dim_head": 8, "heads": 2, "max_text_len": 16},
+                    "image_embed_dim": 32, "timesteps": 50, "sample_timesteps": 5, "cond_drop_prob": 0.2}
+    trainer = DiffusionPriorTrainer(prior, ema_update_after_step=0, ema_update_every=1)
+    batch = dict(text_embed=torch.randn(4, 32), image_embed=torch.randn(4, 32), text_encodings=torch.randn(4, 3, 32))
+    trainer(**batch)
+    trainer.update()
+    folder = trainer.save(tmp_path / "run" / "step_1")
+    loaded = DiffusionPrior.from_checkpoint(folder, prior.config)
+    ema = trainer.ema_diffusion_prior.ema_model  # the EMA weights are preferred
+    for (k, a), (_, b) in zip(loaded.net.state_dict().items(), ema.net.state_dict().items()):
+        assert torch.equal(a, b), k
