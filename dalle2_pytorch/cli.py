@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.decoder_steps = args.decoder_steps if args.decoder_steps is not None else args.steps
     try:
         generate(args)
-    except DreamError as e:
+    except (DreamError, ValueError) as e:
         print(f"dream: error: {e}", file=sys.stderr)
         return 2
     return 0

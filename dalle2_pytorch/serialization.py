@@ -11,11 +11,9 @@ the reference package (`dalle2-pytorch` 1.1.0 … 1.15.6) contain:
   that only records its pickled state and never runs code of the original class;
 * `collections.defaultdict` (optimizer state inside those objects).
 
-torch's weights-only unpickler cannot rebuild a `defaultdict` holding items (the optimizer state
-inside the reference's pickled `LinearWarmup`/`AdamW` objects). For exactly that case the file is
-read a second time with :class:`RestrictedUnpickler`, whose `find_class` resolves only the same
-explicit allow-list (tensor rebuild functions, dict types, the Version classes, inert stand-ins)
-and refuses everything else, so no code from the file can run either way.
+torch's weights-only unpickler cannot fill a real `defaultdict` (the optimizer state inside the
+reference's pickled `LinearWarmup`/`AdamW` objects), so `collections.defaultdict` is allow-listed as
+a function that returns a plain dict: the items load, and nothing else about the class is trusted.
 
 A file that needs any other global is refused with :class:`UnsafeCheckpointError`; there is no
 automatic fallback to unsafe loading. Our own released weights are safetensors + JSON.
@@ -73,6 +71,11 @@ class InertPickledObject:
         return f"<inert stand-in for {self.qualified_name}>"
 
 
+def _defaultdict_as_dict(*args: Any) -> dict:
+    """Rebuilds a pickled `defaultdict(factory, items)` as a plain dict (the factory is dropped)."""
+    return {}
+
+
 def _stand_in(qualified_name: str) -> type:
     return type(
         "Inert_" + qualified_name.replace(".", "_"),
@@ -90,7 +93,7 @@ _STAND_IN_NAMES = (
 
 
 def _allow_list() -> list:
-    allowed: list = [collections.OrderedDict, collections.defaultdict, dict]
+    allowed: list = [collections.OrderedDict, (_defaultdict_as_dict, "collections.defaultdict"), dict]
     try:
         import packaging.version as pv
 
@@ -109,44 +112,6 @@ def _allow_list() -> list:
     return allowed
 
 
-def _restricted_table() -> dict[tuple[str, str], Any]:
-    table: dict[tuple[str, str], Any] = {
-        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("collections", "defaultdict"): collections.defaultdict,
-        ("builtins", "dict"): dict,
-        ("__builtin__", "dict"): dict,  # protocol-2 pickles name the Python 2 module
-    }
-    for entry in _allow_list():
-        if isinstance(entry, tuple):
-            cls, name = entry
-            module, _, attr = name.rpartition(".")
-            table[(module, attr)] = cls
-        elif entry not in (dict,):
-            table[(entry.__module__, entry.__qualname__)] = entry
-    return table
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """A pickle reader that resolves only allow-listed globals (see the module docstring)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _restricted_table()[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name} is not allow-listed") from None
-
-
-class _RestrictedPickleModule:
-    """The `pickle_module` handed to `torch.load` for the restricted second read."""
-
-    __name__ = "dalle2_pytorch_restricted_pickle"
-    Unpickler = RestrictedUnpickler
-    UnpicklingError = pickle.UnpicklingError
-    load = staticmethod(pickle.load)
-
-
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise NotACheckpointError(f"checkpoint file not found: {path}")
@@ -159,10 +124,9 @@ def _check_file(path: Path) -> None:
         head = f.read(4)
     if head[:2] == b"PK":
         try:
-            with zipfile.ZipFile(path) as zf:
-                bad = zf.testzip()
-                if bad is not None:
-                    raise NotACheckpointError(f"checkpoint archive {path} is corrupt (bad member {bad!r})")
+            with zipfile.ZipFile(path) as zf:  # reads the central directory only (cheap on large files)
+                if not zf.namelist():
+                    raise NotACheckpointError(f"checkpoint archive {path} is empty")
         except zipfile.BadZipFile as e:
             raise NotACheckpointError(
                 f"checkpoint file {path} is truncated or corrupt ({size} bytes): {e}"
@@ -188,14 +152,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     _check_file(path)
     try:
-        try:
-            with torch.serialization.safe_globals(_allow_list()):
-                return torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as e:
-            if "SETITEMS" not in str(e):
-                raise
-            # an allow-listed defaultdict with items: read again with the restricted unpickler
-            return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_RestrictedPickleModule)
+        with torch.serialization.safe_globals(_allow_list()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         message = str(e)
         if "Unsupported global" in message or "not an allowed global" in message or "GLOBAL" in message:
@@ -207,5 +165,5 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
                 "so it can be reviewed and allow-listed."
             ) from e
         raise NotACheckpointError(f"could not unpickle {path}: {e}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, TypeError, ValueError, AttributeError) as e:
         raise NotACheckpointError(f"could not read checkpoint {path}: {e}") from e

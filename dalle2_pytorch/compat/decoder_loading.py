@@ -19,7 +19,8 @@ import torch
 
 from dalle2_pytorch.compat.decoder_keys import convert_decoder_state_dict, detect_decoder_layout, split_unet_state_dicts
 from dalle2_pytorch.compat.files import read_weights, resolve_config_source
-from dalle2_pytorch.compat.keys import check_state_dict, check_tensors_close
+from dalle2_pytorch.compat.keys import check_state_dict
+from dalle2_pytorch.compat.schedules import check_schedule_buffers
 
 __all__ = ["build_decoder_from_config", "load_decoder"]
 
@@ -73,9 +74,7 @@ def _check_schedules(decoder, schedules: dict, source: str) -> None:
     for i, ns in enumerate(decoder.noise_schedulers):
         prefix = f"noise_schedulers.{i}."
         got = {k[len(prefix) :]: v for k, v in schedules.items() if k.startswith(prefix)}
-        if got:
-            ours = {k: v for k, v in ns.schedule_buffers().items() if k in got}
-            check_tensors_close(ours, got, f"{source}: unet {i + 1} noise schedule vs config")
+        check_schedule_buffers(ns, got, f"{source}: unet {i + 1} noise schedule vs config")
 
 
 def _sources(path) -> list[tuple[Any, list[int] | None]]:
@@ -125,7 +124,27 @@ def _stitch(parts: list[tuple[Any, list[int]]]):
         lowres_noise_sample_level=first.lowres_noise_sample_level,
         use_noise_for_lowres_cond=any(u.lowres_noise_cond for u in unets),
         lowres_downsample_mode=first.lowres_downsample_mode,
+        unconditional=first.unconditional,
+        auto_normalize_img=first.auto_normalize_img,
+        clip_denoised=first.clip_denoised,
+        loss_type=first.noise_schedulers[0].loss_type,
+        vb_loss_weight=first.vb_loss_weight,
+        p2_loss_weight_k=first.noise_schedulers[0].p2_loss_weight_k,
+        **_lowres_settings(parts),
     )
+
+
+def _lowres_settings(parts) -> dict:
+    """Blur settings of the first stitched upsampler (the conditioners of its source decoder)."""
+    from dalle2_pytorch.decoder.lowres import LowresConditioner
+
+    for decoder, numbers in parts:
+        for n in numbers:
+            cond = decoder.lowres_conds[n - 1]
+            if isinstance(cond, LowresConditioner):
+                return dict(use_blur_for_lowres_cond=cond.use_blur, blur_prob=cond.blur_prob, blur_sigma=cond.blur_sigma,
+                            blur_kernel_size=cond.blur_kernel_size, lowres_downsample_first=cond.downsample_first)
+    return {}
 
 
 def load_decoder(

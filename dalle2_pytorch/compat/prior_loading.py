@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from dalle2_pytorch.compat.files import read_weights, resolve_config_source
-from dalle2_pytorch.compat.keys import check_tensors_close
+from dalle2_pytorch.compat.schedules import check_schedule_buffers
 from dalle2_pytorch.compat.prior_keys import check_prior_network_state, convert_prior_state_dict
 
 __all__ = ["build_prior_from_config", "load_prior"]
@@ -65,9 +65,7 @@ def load_prior(
     converted = convert_prior_state_dict(loaded.state_dict)
     cfg = resolve_config_source(config, loaded.config, "prior", "prior")
     prior = build_prior_from_config(cfg, layout=converted.layout, clip=clip)
-    if converted.noise_scheduler:
-        ours = {k: v for k, v in prior.noise_scheduler.schedule_buffers().items() if k in converted.noise_scheduler}
-        check_tensors_close(ours, converted.noise_scheduler, f"{loaded.source}: noise schedule vs config")
+    check_schedule_buffers(prior.noise_scheduler, converted.noise_scheduler, f"{loaded.source}: noise schedule vs config")
     if strict:
         check_prior_network_state(prior.net, converted, context=f"{loaded.source} (layout {converted.layout})")
     prior.net.load_state_dict(converted.network_state_dict(), strict=strict)

@@ -399,7 +399,10 @@ class Decoder(DecoderSamplingMixin, nn.Module):
             with torch.no_grad():
                 out = unet(x_t, t, **cond, generator=generator)
                 pred = out[:, : self.channels] if stage.learned_variance else out
-                self_cond = stage.objective.to_x_start(ns, x_t, t, pred).detach()
+                self_cond = stage.objective.to_x_start(ns, x_t, t, pred)
+                if self.clip_denoised:  # as sampling feeds it back (thresholded)
+                    self_cond = self.dynamic_threshold(self_cond)
+                self_cond = self_cond.detach()
 
         out = unet(
             x_t, t, **cond, self_cond=self_cond, generator=generator,

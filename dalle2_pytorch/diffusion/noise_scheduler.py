@@ -101,7 +101,8 @@ class NoiseScheduler(nn.Module):
             "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
             "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1).sqrt(),
             "posterior_variance": posterior_variance,
-            # the posterior variance is 0 at t = 0: clip before the log (improved DDPM)
+            # the posterior variance is 0 at t = 0: clamp before the log (the reference's choice, which its
+            # checkpoints' learned variances depend on; improved DDPM uses posterior_variance[1] instead)
             "posterior_log_variance_clipped": torch.log(posterior_variance.clamp(min=1e-20)),
             "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),

@@ -118,12 +118,13 @@ def _run(step_fn, times, x, scheduler, *, generator, self_condition, inpaint, ma
     x_start = x
     num_steps = len(times)
     for i, (t, t_next) in enumerate(times):
-        repeats = inpaint.resample_times if inpaint is not None else 1
+        # RePaint resamples every step but the last (x_{t_next} would already be the final x_0)
+        repeats = inpaint.resample_times if inpaint is not None and t_next >= 0 else 1
         for r in range(repeats):
             if mask is not None:
                 x = x * (1 - mask) + _known_at(scheduler, inpaint, t, x, generator) * mask
             x_next, x_start = step_fn(x, t, t_next, x_self_cond if self_condition else None)
-            if r < repeats - 1 and t_next >= 0:
+            if r < repeats - 1:
                 # RePaint: jump back from t_next to t with the exact forward transition
                 b = x.shape[0]
                 x = scheduler.q_sample_from_to(

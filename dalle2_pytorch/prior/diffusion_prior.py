@@ -259,7 +259,10 @@ class DiffusionPrior(nn.Module):
         if getattr(self.net, "self_cond", False) and rand_tensor((), generator=generator).item() < 0.5:
             with torch.no_grad():
                 pred = self.net(x_t, t, **cond, generator=generator)
-                self_cond = self.objective.to_x_start(ns, x_t, t, pred).detach()
+                self_cond = self.objective.to_x_start(ns, x_t, t, pred)
+                if self.sampling_clamp_l2norm and self.predict_x_start:  # as sampling feeds it back
+                    self_cond = self.l2norm_clamp_embed(self_cond)
+                self_cond = self_cond.detach()
 
         pred = self.net(
             x_t,

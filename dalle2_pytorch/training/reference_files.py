@@ -13,6 +13,8 @@ restored.
 
 from __future__ import annotations
 
+import logging
+
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +23,8 @@ import torch
 from torch import nn
 
 from dalle2_pytorch.compat.keys import check_state_dict
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DROPPED_ENTRIES", "convert_reference_unet_state", "match_reference_state_dict", "reference_metadata"]
 
@@ -98,7 +102,13 @@ def match_reference_state_dict(
     derived = _non_persistent_buffer_names(module)
     sd = {k: v for k, v in sd.items() if k not in derived}
     own = module.state_dict()
-    has_clip = any(k.startswith(_CLIP) for k in sd)
+    module_has_clip = any(k.startswith(_CLIP) for k in own)
+    file_clip = [k for k in sd if k.startswith(_CLIP)]
+    if file_clip and not module_has_clip:
+        # LAION's trainer checkpoints carry the frozen CLIP; a model built without CLIP ignores it
+        logger.info("%s: ignoring %d clip.* weights (the model has no CLIP attached)", context, len(file_clip))
+        sd = {k: v for k, v in sd.items() if not k.startswith(_CLIP)}
+    has_clip = bool(file_clip) and module_has_clip
     expected = {k: v for k, v in own.items() if has_clip or not k.startswith(_CLIP)}
     if strict:
         check_state_dict(expected, sd, context)

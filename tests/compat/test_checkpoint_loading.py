@@ -183,3 +183,37 @@ def test_from_checkpoint_reads_our_trainer_checkpoint_folders(tmp_path):
     ema = trainer.ema_diffusion_prior.ema_model  # the EMA weights are preferred
     for (k, a), (_, b) in zip(loaded.net.state_dict().items(), ema.net.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_trainer_checkpoint_with_clip_weights_loads_without_a_clip(tmp_path):
+    """LAION's real trainer checkpoints carry the frozen CLIP under clip.*; a model without CLIP ignores it."""
+    from dalle2_pytorch.serialization import safe_torch_load
+    from dalle2_pytorch.training import DiffusionPriorTrainer
+
+    case = FIXTURES / "prior_laion_1.1.0"
+    ck = safe_torch_load(case / "trainer_checkpoint.pth")
+    for key in ("model", "ema_model"):
+        ck[key]["clip.clip.token_embedding.weight"] = torch.randn(10, 4)
+    path = tmp_path / "with_clip.pth"
+    torch.save({k: ck[k] for k in ("model", "ema_model", "version", "step")} | {"version": "1.1.0"}, path)
+    prior = DiffusionPrior.from_checkpoint(path, case / "config.json")
+    trainer = DiffusionPriorTrainer(DiffusionPrior.from_checkpoint(case / "checkpoint.pth", case / "config.json"))
+    trainer.load(path)
+    io = load_io("prior_laion_1.1.0")
+    with torch.no_grad():
+        out = prior.net(io["in.image_embed_noisy"], io["in.timesteps"], text_embed=io["in.text_embed"],
+                        text_encodings=io["in.text_encodings"])
+    assert_matches(out, io["out.net"])
+
+
+def test_unclipped_reference_schedule_loads_with_a_warning():
+    from dalle2_pytorch.compat.schedules import check_schedule_buffers
+    from dalle2_pytorch.diffusion import NoiseScheduler
+
+    ours = NoiseScheduler(beta_schedule="jsd", timesteps=50)
+    betas = ours.betas.clone()
+    betas[-1] = 1.0  # what the reference stored
+    with pytest.warns(UserWarning, match="unclipped reference schedule"):
+        check_schedule_buffers(ours, {"betas": betas}, "test")
+    with pytest.raises(TensorValueMismatchError):
+        check_schedule_buffers(ours, {"betas": betas * 0.5}, "test")

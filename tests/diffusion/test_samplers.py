@@ -157,8 +157,9 @@ def test_inpainting_keeps_known_pixels_and_resamples(use_ddim):
         inpaint=Inpaint(image=known, mask=mask, resample_times=3), generator=torch.Generator().manual_seed(0),
     )
     torch.testing.assert_close(out[..., :4], known[..., :4])
-    expected_calls = (10 if use_ddim else 20) * 3
-    assert len(calls) == expected_calls
+    steps = 10 if use_ddim else 20
+    assert len(calls) == (steps - 1) * 3 + 1  # every step resampled 3 times except the last
+    assert calls[-1] == 0 and calls[-2] != 0
     with pytest.raises(ValueError, match="inpaint mask has shape"):
         sample(gaussian_denoiser(scheduler), (2, 3, 8, 8), scheduler,
                inpaint=Inpaint(image=known, mask=torch.ones(2, 1, 4, 4)))
