@@ -1,5 +1,5 @@
 # The two commands a newcomer runs (see README.md). Both set up .venv themselves.
-.PHONY: demo test test-all setup
+.PHONY: demo test test-all setup bench
 
 setup:
 	bash scripts/setup_env.sh
@@ -12,3 +12,6 @@ test: setup
 
 test-all: setup
 	RUN_SLOW=1 bash scripts/run_tests.sh
+
+bench: setup
+	.venv/bin/python benchmarks/bench_api.py
