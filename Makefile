@@ -11,7 +11,7 @@ test: setup
 	bash scripts/run_tests.sh
 
 test-all: setup
-	RUN_SLOW=1 bash scripts/run_tests.sh
+	RUN_HEAVY=1 bash scripts/run_tests.sh
 
 bench: setup
 	.venv/bin/python benchmarks/bench_api.py

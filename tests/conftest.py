@@ -47,3 +47,13 @@ def generator():
 def _seed_everything():
     torch.manual_seed(1234)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """`heavy` tests (several minutes each) run only with RUN_HEAVY=1 (`make test-all`)."""
+    if os.environ.get("RUN_HEAVY") == "1":
+        return
+    skip = pytest.mark.skip(reason="heavy full-size run; set RUN_HEAVY=1 (make test-all) to run it")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)

@@ -132,7 +132,7 @@ def test_cli_and_errors(data, tmp_path):
         train_clip(data, tmp_path / "x", steps=1, batch_size=100, model_kwargs=TINY_MODEL, verbose=False)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_trained_demo_clip_knows_colours_and_shapes(tmp_path):
     """The demo configuration (10k samples, 2000 steps): a few minutes on two CPU cores."""
     import numpy as np
