@@ -290,11 +290,20 @@ class DiffusionPrior(nn.Module):
                 f"(text_cond_drop_prob={self.text_cond_drop_prob}, image_cond_drop_prob={self.image_cond_drop_prob})"
             )
 
-    def _denoiser(self, cond: dict):
+    def _denoiser(self, cond: dict, use_prefix_cache: bool = True):
+        """The sampler's denoise function. With a network that has `build_prefix_cache`
+        (:class:`DiffusionPriorNetwork`), the text prefix is run through the transformer once here
+        and every step computes only the timestep / image / query tokens (same result)."""
         ns = self.noise_scheduler
+        net_kw: dict = dict(cond)
+        if hasattr(self.net, "build_prefix_cache"):
+            if use_prefix_cache:
+                net_kw = {"prefix_cache": self.net.build_prefix_cache(cond["text_embed"], cond.get("text_encodings"))}
+            else:
+                net_kw["prefix_cache"] = False  # the full sequence at every step
 
         def denoise(x_t, t, x_self_cond, cond_scale):
-            pred = self.net.forward_with_cond_scale(x_t, t, cond_scale=cond_scale, self_cond=x_self_cond, **cond)
+            pred = self.net.forward_with_cond_scale(x_t, t, cond_scale=cond_scale, self_cond=x_self_cond, **net_kw)
             x_start = self.objective.to_x_start(ns, x_t, t, pred)
             if self.sampling_clamp_l2norm and self.predict_x_start:
                 x_start = self.l2norm_clamp_embed(x_start)
@@ -313,6 +322,7 @@ class DiffusionPrior(nn.Module):
         generator: torch.Generator | None = None,
         eta: float | None = None,
         callback=None,
+        use_prefix_cache: bool = True,
     ) -> torch.Tensor:
         """Samples image embeddings (b, d) in CLIP scale (unit norm when the prior is trained well).
 
@@ -323,6 +333,8 @@ class DiffusionPrior(nn.Module):
             timesteps: sampling steps; T runs DDPM, fewer run DDIM. Default `sample_timesteps` or T.
             generator: noise source.
             eta: DDIM eta (default `ddim_sampling_eta`).
+            use_prefix_cache: compute the text prefix once for all steps (False: the full sequence
+                at every step; same result up to float rounding).
         """
         self._check_guidance(cond_scale)
         cond = self._text_cond(text_cond["text_embed"], text_cond.get("text_encodings"))
@@ -335,7 +347,7 @@ class DiffusionPrior(nn.Module):
         self.net.eval()
         try:
             x = run_sampler(
-                self._denoiser(cond),
+                self._denoiser(cond, use_prefix_cache),
                 tuple(shape),
                 self.noise_scheduler,
                 steps=steps,

@@ -19,14 +19,36 @@ Two layouts reproduce the two generations of reference checkpoints:
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from dalle2_pytorch.layers.embeddings import MLP, SinusoidalPosEmb
-from dalle2_pytorch.prior.transformer import CausalTransformer, check_layout
+from dalle2_pytorch.prior.transformer import CausalTransformer, TransformerPrefixCache, check_layout
 
-__all__ = ["DiffusionPriorNetwork"]
+__all__ = ["DiffusionPriorNetwork", "PriorPrefixCache"]
+
+
+@dataclass
+class PriorPrefixCache:
+    """Transformer state of the text prefix [text encodings, text embedding], reusable across steps.
+
+    The prefix precedes the timestep and noised-embedding tokens in a causal sequence, so it does
+    not depend on them. Built by :meth:`DiffusionPriorNetwork.build_prefix_cache`.
+
+    Attributes:
+        cond: the conditional prefix, one row per sample (b rows).
+        null: the unconditional prefix (all text replaced by the learned nulls), one row shared by
+            every sample; None for layout "1.1.0" (no unconditional branch).
+    """
+
+    cond: TransformerPrefixCache
+    null: TransformerPrefixCache | None
+
+    @property
+    def batch_size(self) -> int:
+        return self.cond.batch_size
 
 
 class _ToTokens(nn.Module):
@@ -181,15 +203,16 @@ class DiffusionPriorNetwork(nn.Module):
         self,
         image_embed: torch.Tensor,
         diffusion_timesteps: torch.Tensor,
-        text_embed: torch.Tensor,
+        text_embed: torch.Tensor | None,
         text_encodings: torch.Tensor | None,
         self_cond: torch.Tensor | None,
+        prefix_cache: "PriorPrefixCache | None" = None,
     ) -> None:
         d = self.dim
         if image_embed.ndim != 2 or image_embed.shape[-1] != d:
             raise ValueError(f"image_embed must have shape (batch, {d}), got {tuple(image_embed.shape)}")
         b = image_embed.shape[0]
-        if text_embed.ndim != 2 or text_embed.shape != (b, d):
+        if text_embed is not None and (text_embed.ndim != 2 or text_embed.shape != (b, d)):
             raise ValueError(f"text_embed must have shape ({b}, {d}), got {tuple(text_embed.shape)}")
         if not torch.is_tensor(diffusion_timesteps) or diffusion_timesteps.shape != (b,):
             shape = tuple(diffusion_timesteps.shape) if torch.is_tensor(diffusion_timesteps) else type(diffusion_timesteps)
@@ -210,6 +233,16 @@ class DiffusionPriorNetwork(nn.Module):
                 raise ValueError("self_cond was given but the network was built with self_cond=False")
             if self_cond.shape != (b, d):
                 raise ValueError(f"self_cond must have shape ({b}, {d}), got {tuple(self_cond.shape)}")
+        if prefix_cache is None:
+            if text_embed is None:
+                raise ValueError("text_embed is required (unless a prefix_cache is given)")
+        else:
+            if not isinstance(prefix_cache, PriorPrefixCache):
+                raise TypeError(
+                    f"prefix_cache must be a PriorPrefixCache from build_prefix_cache, got {type(prefix_cache).__name__}"
+                )
+            if prefix_cache.batch_size != b:
+                raise ValueError(f"prefix_cache was built for {prefix_cache.batch_size} rows, got a batch of {b}")
 
     def _keep_mask(self, b: int, drop_prob: float, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
         if drop_prob == 0.0:
@@ -242,6 +275,41 @@ class DiffusionPriorNetwork(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    def _prefix_tokens(
+        self, text_embed: torch.Tensor, text_encodings: torch.Tensor | None, text_keep: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """(b, max_text_len + num_text_embeds, dim): [text encodings, text embedding] tokens."""
+        b = text_embed.shape[0]
+        like = text_embed.to(dtype)
+        text_tokens = self.to_text_embeds(like)  # (b, n_txt, d)
+        encodings = self._text_encoding_tokens(text_encodings, text_keep, b, like)
+        if self.layout == "1.15.6":
+            text_tokens = torch.where(text_keep[:, None, None], text_tokens, self.null_text_embeds.to(dtype))
+        return torch.cat((encodings, text_tokens), dim=1)
+
+    def _suffix_tokens(
+        self,
+        image_embed: torch.Tensor,
+        diffusion_timesteps: torch.Tensor,
+        self_cond: torch.Tensor | None,
+        image_keep: torch.Tensor,
+    ) -> torch.Tensor:
+        """(b, n_time + n_img + self_cond + 1, dim): [time, noised image, (self-cond), query]."""
+        b, dtype = image_embed.shape[0], image_embed.dtype
+        image_tokens = self.to_image_embeds(image_embed)  # (b, n_img, d)
+        if self.layout == "1.15.6":
+            image_tokens = torch.where(image_keep[:, None, None], image_tokens, self.null_image_embed.to(dtype))
+        if self.continuous_embedded_time:
+            time_tokens = self.to_time_embeds(diffusion_timesteps.float())
+        else:
+            time_tokens = self.to_time_embeds(diffusion_timesteps.long())
+        tokens = [time_tokens.to(dtype), image_tokens]
+        if self.self_cond:
+            sc = self_cond if self_cond is not None else torch.zeros_like(image_embed)
+            tokens.append(sc.to(dtype)[:, None, :])
+        tokens.append(self.learned_query.to(dtype).expand(b, 1, self.dim))
+        return torch.cat(tokens, dim=1)
+
     def _forward_masked(
         self,
         image_embed: torch.Tensor,
@@ -252,43 +320,70 @@ class DiffusionPriorNetwork(nn.Module):
         text_keep: torch.Tensor,
         image_keep: torch.Tensor,
     ) -> torch.Tensor:
-        b, dtype = image_embed.shape[0], image_embed.dtype
+        """The full-sequence (uncached) pass; (b, dim)."""
+        prefix = self._prefix_tokens(text_embed, text_encodings, text_keep, image_embed.dtype)
+        suffix = self._suffix_tokens(image_embed, diffusion_timesteps, self_cond, image_keep)
+        return self.causal_transformer(torch.cat((prefix, suffix), dim=1), last_only=True)
 
-        text_tokens = self.to_text_embeds(text_embed.to(dtype))  # (b, n_txt, d)
-        image_tokens = self.to_image_embeds(image_embed)  # (b, n_img, d)
-        encodings = self._text_encoding_tokens(text_encodings, text_keep, b, image_embed)
+    def build_prefix_cache(self, text_embed: torch.Tensor, text_encodings: torch.Tensor | None = None) -> PriorPrefixCache:
+        """Runs the text prefix through the transformer once, for reuse at every sampling step.
 
-        if self.layout == "1.15.6":
-            text_tokens = torch.where(text_keep[:, None, None], text_tokens, self.null_text_embeds.to(dtype))
-            image_tokens = torch.where(image_keep[:, None, None], image_tokens, self.null_image_embed.to(dtype))
+        Valid while the weights are unchanged; exact in eval mode (no dropout).
 
-        if self.continuous_embedded_time:
-            time_tokens = self.to_time_embeds(diffusion_timesteps.float())
-        else:
-            time_tokens = self.to_time_embeds(diffusion_timesteps.long())
-        time_tokens = time_tokens.to(dtype)  # (b, n_time, d)
+        Args:
+            text_embed: (b, dim) pooled text embeddings.
+            text_encodings: (b, seq_len, dim) per-token encodings (zeros at padding) or None.
 
-        tokens = [encodings, text_tokens, time_tokens, image_tokens]
-        if self.self_cond:
-            sc = self_cond if self_cond is not None else torch.zeros_like(image_embed)
-            tokens.append(sc.to(dtype)[:, None, :])
-        tokens.append(self.learned_query.to(dtype).expand(b, 1, self.dim))
+        Returns:
+            A :class:`PriorPrefixCache` with b conditional rows and one shared null row.
+        """
+        d = self.dim
+        if text_embed.ndim != 2 or text_embed.shape[-1] != d:
+            raise ValueError(f"text_embed must have shape (batch, {d}), got {tuple(text_embed.shape)}")
+        b, device, dtype = text_embed.shape[0], text_embed.device, text_embed.dtype
+        if text_encodings is not None and (
+            text_encodings.ndim != 3 or text_encodings.shape[0] != b or text_encodings.shape[-1] != d
+        ):
+            raise ValueError(f"text_encodings must have shape ({b}, seq_len, {d}), got {tuple(text_encodings.shape)}")
+        n, tr = self.num_tokens, self.causal_transformer
+        keep = torch.ones(b, dtype=torch.bool, device=device)
+        cond = tr.build_prefix(self._prefix_tokens(text_embed, text_encodings, keep, dtype), n)
+        null = None
+        if self.has_unconditional_branch:  # every text input is replaced: one row serves all
+            drop = torch.zeros(1, dtype=torch.bool, device=device)
+            enc = None if text_encodings is None else text_encodings[:1]
+            null = tr.build_prefix(self._prefix_tokens(text_embed[:1], enc, drop, dtype), n)
+        return PriorPrefixCache(cond, null)
 
-        out = self.causal_transformer(torch.cat(tokens, dim=1))
-        return out[:, -1]
+    def _forward_cached(
+        self,
+        image_embed: torch.Tensor,
+        diffusion_timesteps: torch.Tensor,
+        self_cond: torch.Tensor | None,
+        cache: PriorPrefixCache,
+        text_keep: torch.Tensor,
+        image_keep: torch.Tensor,
+    ) -> torch.Tensor:
+        """The suffix-only pass after a cached prefix; (b, dim)."""
+        prefix = cache.cond
+        if cache.null is not None and not bool(text_keep.all()):
+            prefix = cache.cond.select(text_keep, cache.null)
+        suffix = self._suffix_tokens(image_embed, diffusion_timesteps, self_cond, image_keep)
+        return self.causal_transformer.forward_suffix(suffix, prefix)
 
     def forward(
         self,
         image_embed: torch.Tensor,
         diffusion_timesteps: torch.Tensor,
         *,
-        text_embed: torch.Tensor,
+        text_embed: torch.Tensor | None = None,
         text_encodings: torch.Tensor | None = None,
         self_cond: torch.Tensor | None = None,
         text_cond_drop_prob: float = 0.0,
         image_cond_drop_prob: float = 0.0,
         cond_drop_prob: float | None = None,
         generator: torch.Generator | None = None,
+        prefix_cache: PriorPrefixCache | None = None,
     ) -> torch.Tensor:
         """Predicts the network target (x0, ε or v, as the wrapper trains it).
 
@@ -304,11 +399,14 @@ class DiffusionPriorNetwork(nn.Module):
             image_cond_drop_prob: the same for the noised image embedding.
             cond_drop_prob: 1.1.0-style alias setting both probabilities.
             generator: random source for the drop masks.
+            prefix_cache: from :meth:`build_prefix_cache`; when given, the text prefix is taken from
+                it (text_embed / text_encodings are then ignored and may be omitted) and only the
+                timestep, image, self-cond and query tokens are computed.
 
         Returns:
             (b, dim) output at the learned-query token.
         """
-        self._check_inputs(image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond)
+        self._check_inputs(image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond, prefix_cache)
         text_p, image_p = _drop_probs(text_cond_drop_prob, image_cond_drop_prob, cond_drop_prob)
         b, device = image_embed.shape[0], image_embed.device
         if self.has_unconditional_branch:
@@ -316,6 +414,8 @@ class DiffusionPriorNetwork(nn.Module):
             image_keep = self._keep_mask(b, image_p, device, generator)
         else:
             text_keep = image_keep = torch.ones(b, dtype=torch.bool, device=device)
+        if prefix_cache is not None:
+            return self._forward_cached(image_embed, diffusion_timesteps, self_cond, prefix_cache, text_keep, image_keep)
         return self._forward_masked(
             image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond, text_keep, image_keep
         )
@@ -326,20 +426,25 @@ class DiffusionPriorNetwork(nn.Module):
         diffusion_timesteps: torch.Tensor,
         *,
         cond_scale: float = 1.0,
-        text_embed: torch.Tensor,
+        text_embed: torch.Tensor | None = None,
         text_encodings: torch.Tensor | None = None,
         self_cond: torch.Tensor | None = None,
         text_cond_drop_prob: float = 0.0,
         image_cond_drop_prob: float = 0.0,
         cond_drop_prob: float | None = None,
         generator: torch.Generator | None = None,
+        prefix_cache: PriorPrefixCache | bool | None = None,
     ) -> torch.Tensor:
         """Classifier-free guidance: null + (cond − null)·cond_scale (Ho & Salimans 2022, eq. 6).
 
-        The null pass drops text and image conditioning. The conditional and null passes run as one
-        batch of 2b. At cond_scale == 1 only the conditional pass runs. Other arguments as in
-        :meth:`forward` (they apply to the conditional pass). Layout "1.1.0" has no unconditional
-        branch: a cond_scale other than 1 warns and returns the conditional output.
+        The null pass drops text and image conditioning. At cond_scale == 1 only the conditional
+        pass runs. Other arguments as in :meth:`forward` (they apply to the conditional pass).
+        Layout "1.1.0" has no unconditional branch: a cond_scale other than 1 warns and returns the
+        conditional output.
+
+        `prefix_cache`: a :class:`PriorPrefixCache` to reuse; None (default) splits the guided pass
+        at the text prefix in eval mode (the null prefix, the same for every row, is computed
+        once); False runs the plain full-sequence passes (conditional and null as one batch of 2b).
 
         Returns:
             (b, dim).
@@ -353,8 +458,11 @@ class DiffusionPriorNetwork(nn.Module):
             cond_drop_prob=cond_drop_prob,
             generator=generator,
         )
+        cache = prefix_cache if isinstance(prefix_cache, PriorPrefixCache) else None
+        if prefix_cache is not None and not isinstance(prefix_cache, (PriorPrefixCache, bool)):
+            raise TypeError(f"prefix_cache must be a PriorPrefixCache, a bool or None, got {type(prefix_cache).__name__}")
         if cond_scale == 1:
-            return self.forward(image_embed, diffusion_timesteps, **kwargs)
+            return self.forward(image_embed, diffusion_timesteps, **kwargs, prefix_cache=cache)
         if not self.has_unconditional_branch:
             warnings.warn(
                 f"cond_scale={cond_scale} has no effect: 1.1.0-layout priors have no unconditional "
@@ -362,14 +470,27 @@ class DiffusionPriorNetwork(nn.Module):
                 UserWarning,
                 stacklevel=2,
             )
-            return self.forward(image_embed, diffusion_timesteps, **kwargs)
+            return self.forward(image_embed, diffusion_timesteps, **kwargs, prefix_cache=cache)
 
-        self._check_inputs(image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond)
+        self._check_inputs(image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond, cache)
         text_p, image_p = _drop_probs(text_cond_drop_prob, image_cond_drop_prob, cond_drop_prob)
         b, device = image_embed.shape[0], image_embed.device
         text_keep = self._keep_mask(b, text_p, device, generator)
         image_keep = self._keep_mask(b, image_p, device, generator)
         drop = torch.zeros(b, dtype=torch.bool, device=device)
+
+        if cache is None and prefix_cache is None and not self.training:
+            cache = self.build_prefix_cache(text_embed.to(image_embed.dtype), text_encodings)
+        if cache is not None:
+            cond = self._forward_cached(image_embed, diffusion_timesteps, self_cond, cache, text_keep, image_keep)
+            null_cache = PriorPrefixCache(cache.null, None)
+            t = diffusion_timesteps
+            if (not self.self_cond or self_cond is None) and bool((t == t[:1]).all()):
+                # the null pass sees neither x_t, nor the text, nor (here) a per-row self-cond: one row
+                null = self._forward_cached(image_embed[:1], t[:1], None, null_cache, drop[:1], drop[:1])
+            else:
+                null = self._forward_cached(image_embed, t, self_cond, null_cache, drop, drop)
+            return null + (cond - null) * cond_scale
 
         def twice(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else torch.cat((x, x), dim=0)

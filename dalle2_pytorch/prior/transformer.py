@@ -15,6 +15,7 @@ one learned null key/value prepended at key position 0.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from dalle2_pytorch.layers.feedforward import FeedForward
 from dalle2_pytorch.layers.normalization import LayerNorm
 from dalle2_pytorch.layers.rotary import RotaryEmbedding
 
-__all__ = ["Attention", "CausalTransformer", "RelPosBias", "LAYOUTS"]
+__all__ = ["Attention", "CausalTransformer", "RelPosBias", "TransformerPrefixCache", "LAYOUTS"]
 
 LAYOUTS = ("1.1.0", "1.15.6")
 _COSINE_SIM_SCALE = 16.0
@@ -112,43 +113,99 @@ class Attention(nn.Module):
         self.rotary_emb = rotary_emb
         self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim, bias=False), LayerNorm(dim))
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
-        """x: (b, n, dim); attn_bias: (heads, n, n+1) additive float logits (rel-pos bias with the
-        causal mask already applied as -inf). Returns (b, n, dim)."""
+    def project(
+        self, x: torch.Tensor, offset: int = 0, last_query_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of tokens at positions offset..offset+n-1 (no null slot).
+
+        x: (b, n, dim). Returns q (b, heads, n_q, dim_head) with n_q = 1 if `last_query_only`
+        else n, and k, v (b, n, dim_head); rotary applied, and (layout "1.15.6") q and k l2-normalised.
+        """
         b, n, _ = x.shape
         h, dh = self.heads, self.dim_head
         x = self.norm(x)
-        q = self.to_q(x).view(b, n, h, dh).transpose(1, 2)  # (b, h, n, dh)
         k, v = self.to_kv(x).chunk(2, dim=-1)  # (b, n, dh) each
+        xq = x[:, -1:] if last_query_only else x
+        q = self.to_q(xq).view(b, xq.shape[1], h, dh).transpose(1, 2)  # (b, h, n_q, dh)
 
         if self.rotary_emb is not None:
-            angles = self.rotary_emb.angles(n, x.device)
-            q = self.rotary_emb.rotate(q, angles)
+            angles = self.rotary_emb.angles(offset + n, x.device)[offset:]
+            q = self.rotary_emb.rotate(q, angles[n - q.shape[2] :])
             k = self.rotary_emb.rotate(k, angles)
-
-        null_k, null_v = self.null_kv.to(x.dtype).unbind(dim=0)
-        k = torch.cat((null_k.expand(b, 1, dh), k), dim=1)  # (b, n+1, dh)
-        v = torch.cat((null_v.expand(b, 1, dh), v), dim=1)
 
         if self.layout == "1.15.6":
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-            scale = _COSINE_SIM_SCALE
-        else:
-            scale = dh**-0.5
+        return q, k, v
 
+    def null_key_value(self, b: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned null key/value (b, 1, dim_head) each, normalised like the keys."""
+        null_k, null_v = self.null_kv.to(dtype).unbind(dim=0)
+        if self.layout == "1.15.6":
+            null_k = F.normalize(null_k, dim=-1)
+        dh = self.dim_head
+        return null_k.expand(b, 1, dh), null_v.expand(b, 1, dh)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        """q (b, heads, s, dh); k, v (b, j, dh) including the null slot; attn_bias (heads, s, j).
+
+        Returns the projected output (b, s, dim).
+        """
+        b, h, s, dh = q.shape
+        j = k.shape[1]
+        scale = _COSINE_SIM_SCALE if self.layout == "1.15.6" else dh**-0.5
         # Multi-query attention as a single-head problem: fold the heads into the query axis.
-        q = q.reshape(b, 1, h * n, dh)
-        mask = attn_bias.to(q.dtype).reshape(1, 1, h * n, n + 1)
         out = F.scaled_dot_product_attention(
-            q,
+            q.reshape(b, 1, h * s, dh),
             k.unsqueeze(1),
             v.unsqueeze(1),
-            attn_mask=mask,
+            attn_mask=attn_bias.to(q.dtype).reshape(1, 1, h * s, j),
             dropout_p=self.dropout if self.training else 0.0,
             scale=scale,
-        )  # (b, 1, h·n, dh)
-        out = out.view(b, h, n, dh).transpose(1, 2).reshape(b, n, h * dh)
-        return self.to_out(out)
+        )  # (b, 1, h·s, dh)
+        return self.to_out(out.view(b, h, s, dh).transpose(1, 2).reshape(b, s, h * dh))
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor, *, last_query_only: bool = False) -> torch.Tensor:
+        """x: (b, n, dim); attn_bias: (heads, n, n+1) additive float logits (rel-pos bias with the
+        causal mask already applied as -inf). Returns (b, n, dim), or (b, 1, dim) for the last
+        token only if `last_query_only` (keys/values still come from all n tokens)."""
+        b = x.shape[0]
+        q, k, v = self.project(x, last_query_only=last_query_only)
+        null_k, null_v = self.null_key_value(b, k.dtype)
+        k = torch.cat((null_k, k), dim=1)  # (b, n+1, dh)
+        v = torch.cat((null_v, v), dim=1)
+        if last_query_only:
+            attn_bias = attn_bias[:, -1:]
+        return self.attend(q, k, v, attn_bias)
+
+
+@dataclass
+class TransformerPrefixCache:
+    """Per-layer keys/values of a fixed causal prefix (see :meth:`CausalTransformer.build_prefix`).
+
+    Attributes:
+        keys, values: one (bp, 1 + P, dim_head) tensor per layer, null slot first.
+        attn_bias: (heads, N, N + 1) bias of the full sequence of N tokens.
+        prefix_len: P, the number of prefix tokens.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    attn_bias: torch.Tensor
+    prefix_len: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+    def select(self, keep: torch.Tensor, other: "TransformerPrefixCache") -> "TransformerPrefixCache":
+        """Row-wise choice: rows where `keep` (b,) is True from self, the others from `other`."""
+        m = keep[:, None, None]
+        return TransformerPrefixCache(
+            [torch.where(m, a, b) for a, b in zip(self.keys, other.keys)],
+            [torch.where(m, a, b) for a, b in zip(self.values, other.values)],
+            self.attn_bias,
+            self.prefix_len,
+        )
 
 
 class CausalTransformer(nn.Module):
@@ -217,12 +274,79 @@ class CausalTransformer(nn.Module):
         causal = torch.ones(n, n + 1, dtype=torch.bool, device=device).triu(2)
         return bias.masked_fill(causal, float("-inf")).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (b, n, dim) -> (b, n, dim)."""
+    def forward(self, x: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """x: (b, n, dim) -> (b, n, dim), or (b, dim) for the last token only if `last_only`.
+
+        With `last_only` the last layer computes only the last token's query, attention and
+        feed-forward (the other tokens' outputs would be discarded); the result is the same.
+        """
         n = x.shape[1]
         x = self.init_norm(x)
         bias = self.attention_bias(n, x.device, x.dtype)
-        for attn, ff in self.layers:
-            x = attn(x, bias) + x
+        depth = len(self.layers)
+        for i, (attn, ff) in enumerate(self.layers):
+            if last_only and i == depth - 1:
+                x = attn(x, bias, last_query_only=True) + x[:, -1:]
+            else:
+                x = attn(x, bias) + x
             x = ff(x) + x
-        return self.project_out(self.norm(x))
+        out = self.project_out(self.norm(x))
+        return out[:, -1] if last_only else out
+
+    def build_prefix(self, prefix: torch.Tensor, total_len: int) -> TransformerPrefixCache:
+        """Keys/values of every layer for the first P tokens of an N-token causal sequence.
+
+        Causal attention makes the prefix tokens' hidden states independent of what follows, so
+        these can be reused for any suffix (eval mode: no dropout). The last layer's prefix outputs
+        are never needed, only its keys/values.
+
+        Args:
+            prefix: (bp, P, dim) input tokens (before `init_norm`).
+            total_len: N, the full sequence length (P < N).
+        """
+        x = self.init_norm(prefix)
+        bp, P, _ = x.shape
+        if not 0 < P < total_len:
+            raise ValueError(f"prefix length {P} must be in [1, total_len={total_len})")
+        bias = self.attention_bias(total_len, x.device, x.dtype)
+        keys, values = [], []
+        depth = len(self.layers)
+        for i, (attn, ff) in enumerate(self.layers):
+            q, k, v = attn.project(x)
+            null_k, null_v = attn.null_key_value(bp, k.dtype)
+            k, v = torch.cat((null_k, k), dim=1), torch.cat((null_v, v), dim=1)
+            keys.append(k)
+            values.append(v)
+            if i == depth - 1:
+                break
+            x = attn.attend(q, k, v, bias[:, :P, : P + 1]) + x
+            x = ff(x) + x
+        return TransformerPrefixCache(keys, values, bias, P)
+
+    def forward_suffix(self, suffix: torch.Tensor, cache: TransformerPrefixCache) -> torch.Tensor:
+        """Output (b, dim) at the last token, given the suffix tokens after a cached prefix.
+
+        suffix: (b, S, dim) tokens at positions P..P+S-1 with P + S = N of the cache; the cache
+        has b rows or one row (shared by all rows).
+        """
+        x = self.init_norm(suffix)
+        b, S, _ = x.shape
+        P = cache.prefix_len
+        N = cache.attn_bias.shape[1]
+        if P + S != N:
+            raise ValueError(f"suffix length {S} + cached prefix length {P} != sequence length {N}")
+        if cache.batch_size not in (1, b):
+            raise ValueError(f"prefix cache has {cache.batch_size} rows, expected 1 or {b}")
+        bias = cache.attn_bias[:, P:, :]
+        depth = len(self.layers)
+        for i, ((attn, ff), pk, pv) in enumerate(zip(self.layers, cache.keys, cache.values)):
+            last = i == depth - 1
+            q, k, v = attn.project(x, offset=P, last_query_only=last)
+            k = torch.cat((pk.to(k.dtype).expand(b, -1, -1), k), dim=1)
+            v = torch.cat((pv.to(v.dtype).expand(b, -1, -1), v), dim=1)
+            if last:
+                x = attn.attend(q, k, v, bias[:, -1:]) + x[:, -1:]
+            else:
+                x = attn.attend(q, k, v, bias) + x
+            x = ff(x) + x
+        return self.project_out(self.norm(x[:, -1]))
