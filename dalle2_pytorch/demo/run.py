@@ -1,0 +1,476 @@
+"""`make demo`: text-to-image end to end on the embedded shapes dataset, on a CPU, with no downloads.
+
+    python -m dalle2_pytorch.demo.run --output demo_output            # the full demo (~15 min, 2 cores)
+    python -m dalle2_pytorch.demo.run --output /tmp/tiny --tiny       # seconds: tiny sizes (tests)
+
+Stages, each in its own folder of the output directory:
+
+1. ``data/``        procedural captioned shapes (:mod:`dalle2_pytorch.demo.shapes`);
+2. ``clip/``        a small CLIP trained on them (:mod:`dalle2_pytorch.demo.train_clip`);
+3. ``embeddings/``  CLIP image/text embeddings of every shard (:func:`dalle2_pytorch.data.precompute_embeddings`);
+4. ``prior_run/``   the diffusion prior, trained by ``train_prior.py``'s ``main`` from
+   ``train_configs/demo_prior.json``;
+5. ``decoder_base_run/``, ``decoder_upsampler_run/``  the two Unets of the decoder, each trained by
+   ``train_decoder.py``'s ``main`` from ``train_configs/demo_decoder.json`` (``train.unet_training_mask``
+   picks the Unet), then joined into ``decoder/`` (an export folder);
+6. ``dalle2.json``  the model index ``dream --model-dir OUTPUT`` reads;
+7. ``grid.png``, ``report.md``, ``report.json``  images for a list of prompts and the quality measure
+   (:mod:`dalle2_pytorch.demo.report`).
+
+The resolved training configs (paths and preset values filled in) are written to ``configs/``.
+Every stage records its input fingerprint and duration in ``stages/{name}.json`` when it finishes; a
+second run skips finished stages whose fingerprint still matches, and the training scripts resume
+an interrupted run from its newest checkpoint. A stage whose inputs changed is redone from scratch,
+and so is everything after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+__all__ = ["DemoPreset", "FULL", "TINY", "find_config_dir", "main", "run_demo"]
+
+MODEL_INDEX = "dalle2.json"
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """Sizes of one demo run. ``*_overrides`` are dotted-key overrides of the shipped configs.
+
+    Attributes:
+        num_train, num_val: dataset samples; ``samples_per_shard`` must be a power of ten (the
+            last digits of a sample key are its row in the shard's embedding file).
+        image_size: side of the rendered dataset images.
+        clip_steps, clip_batch_size, clip_model_kwargs, clip_evaluate: demo CLIP training (``train_clip``).
+        prior_overrides: applied to ``demo_prior.json``.
+        decoder_overrides: applied to ``demo_decoder.json`` for both Unets' runs;
+            ``base_overrides`` / ``upsampler_overrides`` to each run only.
+        images_per_prompt: generated images per held-out prompt for the quality measure.
+        grid_columns: samples per prompt in ``grid.png``.
+        prior_candidates, prior_cond_scale, decoder_cond_scale: sampling settings of the report.
+    """
+
+    name: str
+    num_train: int
+    num_val: int
+    image_size: int
+    samples_per_shard: int
+    clip_steps: int
+    clip_batch_size: int = 64
+    clip_model_kwargs: dict = field(default_factory=dict)
+    clip_evaluate: bool = True
+    prior_overrides: dict = field(default_factory=dict)
+    decoder_overrides: dict = field(default_factory=dict)
+    base_overrides: dict = field(default_factory=dict)
+    upsampler_overrides: dict = field(default_factory=dict)
+    images_per_prompt: int = 16
+    grid_columns: int = 8
+    prior_candidates: int = 4
+    prior_cond_scale: float = 1.0
+    decoder_cond_scale: float = 1.0
+
+
+#: The ``make demo`` run (timings in docs/ and the report).
+FULL = DemoPreset(
+    name="full",
+    num_train=10_000,
+    num_val=500,
+    image_size=64,
+    samples_per_shard=1000,
+    clip_steps=2000,
+)
+
+#: Seconds-long run at toy sizes for tests: every stage runs, nothing is any good.
+TINY = DemoPreset(
+    name="tiny",
+    num_train=200,
+    num_val=20,
+    image_size=32,
+    samples_per_shard=100,
+    clip_steps=4,
+    clip_batch_size=16,
+    clip_model_kwargs={"image_encoder": {"type": "conv", "widths": [16, 16]}, "dim_text": 16, "dim_image": 16,
+                       "dim_latent": 16, "text_enc_depth": 1, "text_heads": 2, "text_dim_head": 8},
+    clip_evaluate=False,
+    prior_overrides={
+        "prior.net.dim": 16, "prior.image_embed_dim": 16, "prior.net.depth": 1, "prior.net.heads": 2,
+        "prior.net.dim_head": 8, "data.batch_size": 32, "train.epochs": 1, "train.eval_timesteps": [4],
+        "prior.sample_timesteps": 4,
+    },
+    decoder_overrides={
+        "decoder.unets.0.dim": 8, "decoder.unets.0.dim_mults": [1, 2], "decoder.unets.0.image_embed_dim": 16,
+        "decoder.unets.0.cond_dim": 16, "decoder.unets.1.dim": 8, "decoder.unets.1.dim_mults": [1, 2],
+        "decoder.unets.1.image_embed_dim": 16, "decoder.unets.1.cond_dim": 16, "decoder.sample_timesteps": [4, 4],
+        "data.batch_size": 16, "train.n_sample_images": 2, "train.save_every_n_samples": 64,
+    },
+    base_overrides={"train.epoch_samples": 64, "train.epochs": 1},
+    upsampler_overrides={"train.epoch_samples": 32, "train.epochs": 1},
+    images_per_prompt=2,
+    grid_columns=2,
+    prior_candidates=2,
+)
+
+PRESETS = {"full": FULL, "tiny": TINY}
+
+
+# ----------------------------------------------------------------------------------------------
+# bookkeeping
+
+
+def fingerprint(*parts: Any) -> str:
+    """Short stable hash of JSON-able parts (the identity of a stage's inputs)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (first 16 hex digits)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class StageBook:
+    """Per-stage state files ``{output}/stages/{name}.json``: ``{"key", "finished", "seconds"}``.
+
+    ``key`` fingerprints the stage's inputs; a stage is reused only when it finished with the same key.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def get(self, name: str) -> dict | None:
+        try:
+            return json.loads((self.folder / f"{_slug(name)}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_done(self, name: str, key: str) -> dict | None:
+        state = self.get(name)
+        return state if state is not None and state.get("finished") and state.get("key") == key else None
+
+    def write(self, name: str, key: str, finished: bool, seconds: float | None = None, **extra: Any) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{_slug(name)}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        state = {"stage": name, "key": key, "finished": finished, "seconds": None if seconds is None else round(seconds, 2), **extra}
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+class Progress:
+    """Prints stage headers and records per-stage durations (``timings``: name -> seconds, reused flag)."""
+
+    def __init__(self, num_stages: int, echo: Callable[[str], None] = print) -> None:
+        self.num_stages, self.echo, self.index = num_stages, echo, 0
+        self.timings: dict[str, dict] = {}
+        self.start = time.perf_counter()
+
+    def stage(self, name: str, what: str) -> float:
+        self.index += 1
+        self.echo(f"\n[demo] stage {self.index}/{self.num_stages}: {name} - {what}  "
+                  f"(elapsed {self.elapsed():.0f}s)")
+        sys.stdout.flush()
+        return time.perf_counter()
+
+    def done(self, name: str, started: float, reused: bool, original_seconds: float | None = None) -> None:
+        seconds = time.perf_counter() - started
+        self.timings[name] = {"seconds": round(seconds, 2), "reused": reused}
+        if reused and original_seconds is not None:
+            self.timings[name]["original_seconds"] = original_seconds
+        note = f"reused (originally {original_seconds:.0f}s)" if reused and original_seconds is not None else (
+            "reused" if reused else "done")
+        self.echo(f"[demo] {name}: {note} in {seconds:.1f}s")
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+CONFIG_FILES = ("demo_prior.json", "demo_decoder.json")
+
+
+def find_config_dir(folder: str | os.PathLike | None = None) -> Path:
+    """The folder holding the demo's training configs (default: the checkout's ``train_configs/``).
+
+    Raises:
+        FileNotFoundError: naming the missing files.
+    """
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parents[2] / "train_configs"
+    missing = [name for name in CONFIG_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} has no {' / '.join(missing)}: run the demo from a source checkout "
+                                "or pass --configs DIR")
+    return folder
+
+
+def resolve_config(template: Path, overrides: dict[str, Any], out_path: Path) -> dict:
+    """Reads a JSON config, applies dotted-key ``overrides`` and writes the result to ``out_path``."""
+    from dalle2_pytorch.config.base import load_json
+    from dalle2_pytorch.training.scripts.cli import apply_override
+
+    data = load_json(template)
+    for key, value in overrides.items():
+        apply_override(data, f"{key}={json.dumps(value)}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# stages
+
+
+def _index_width(samples_per_shard: int) -> int:
+    width = len(str(samples_per_shard)) - 1
+    if samples_per_shard != 10**width or width < 1:
+        raise ValueError(f"samples_per_shard must be a power of ten >= 10, got {samples_per_shard}")
+    return width
+
+
+def _run_training(kind: str, config_path: Path, run_dir: Path, key: str, progress: Progress, book: StageBook,
+                  name: str, log_every: int) -> Path:
+    """Runs ``train_prior.py`` / ``train_decoder.py`` (their ``main``, in process) unless already
+    finished with the same inputs; an unfinished run with the same inputs resumes. Returns the export."""
+    from dalle2_pytorch.training.scripts import decoder_script, prior_script
+
+    script_name = "train_prior.py" if kind == "prior" else "train_decoder.py"
+    started = progress.stage(name, f"{script_name} --config_file {config_path}")
+    export = run_dir / "export"
+    done = book.is_done(name, key)
+    if done is not None and (export / "model.safetensors").is_file():
+        progress.done(name, started, True, done.get("seconds"))
+        return export
+    state = book.get(name)
+    if run_dir.exists() and (state is None or state.get("key") != key):
+        progress.echo(f"[demo] {run_dir} was trained from other inputs: starting it again")
+        shutil.rmtree(run_dir)
+    elif (run_dir / "checkpoints").is_dir():
+        progress.echo(f"[demo] resuming the unfinished run in {run_dir}")
+    book.write(name, key, finished=False)
+    script = prior_script if kind == "prior" else decoder_script
+    status = script.main(["--config_file", str(config_path), "--log-every", str(log_every), "--cpu"])
+    if status != 0 or not (export / "model.safetensors").is_file():
+        raise RuntimeError(f"{name} training stopped (exit status {status}) without an export in {export}; "
+                           "run the demo again to resume it")
+    book.write(name, key, finished=True, seconds=time.perf_counter() - started)
+    progress.done(name, started, False)
+    return export
+
+
+def stage_embeddings(info: Any, clip_dir: Path, out: Path, key: str, samples_per_shard: int,
+                     progress: Progress, book: StageBook) -> Path:
+    """CLIP image/text embeddings + caption metadata of every train shard."""
+    from dalle2_pytorch.config import AdapterConfig
+    from dalle2_pytorch.data import precompute_embeddings
+    from dalle2_pytorch.training.scripts.clip_loading import build_clip
+
+    started = progress.stage("embeddings", f"CLIP embeddings of {info.num_train} images and captions")
+    done = book.is_done("embeddings", key)
+    if done is not None and out.is_dir():
+        progress.done("embeddings", started, True, done.get("seconds"))
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    book.write("embeddings", key, finished=False)
+    adapter = build_clip(AdapterConfig(make="x-clip", model=str(clip_dir)))
+    summary = precompute_embeddings(info.train_shards, out, adapter, batch_size=250,
+                                    index_width=_index_width(samples_per_shard))
+    progress.echo(f"[demo] embedded {summary.samples} samples ({summary.dimension}-d) -> {out}")
+    book.write("embeddings", key, finished=True, seconds=time.perf_counter() - started, samples=summary.samples)
+    progress.done("embeddings", started, False)
+    return out
+
+
+def assemble_decoder(base_export: Path, upsampler_export: Path, out: Path) -> Path:
+    """One decoder export from the base Unet of one run and the upsampler of the other."""
+    from dalle2_pytorch.decoder import Decoder
+    from dalle2_pytorch.training.export import export_model
+
+    decoder = Decoder.from_checkpoint(base_export)
+    upsampler = Decoder.from_checkpoint(upsampler_export)
+    decoder.unets[1].load_state_dict(upsampler.unets[1].state_dict())
+    return export_model(decoder, out, kind="decoder", config=decoder.config)
+
+
+def write_model_index(out: Path, decoder_dir: Path, prior_export: Path, clip_dir: Path) -> Path:
+    """``dalle2.json`` for ``dream --model-dir OUTPUT`` (paths relative to the output folder)."""
+    index = {
+        "prior": os.path.relpath(prior_export, out),
+        "decoder": os.path.relpath(decoder_dir, out),
+        "clip": {"make": "x-clip", "model": os.path.relpath(clip_dir, out)},
+    }
+    path = out / MODEL_INDEX
+    path.write_text(json.dumps(index, indent=2) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole run
+
+
+def run_demo(
+    output: str | os.PathLike,
+    preset: DemoPreset = FULL,
+    *,
+    config_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Runs (or resumes) every stage of the demo into ``output``; returns the report dict.
+
+    Args:
+        output: the demo folder (created).
+        preset: sizes (``FULL`` or ``TINY``).
+        config_dir: folder with ``demo_prior.json`` / ``demo_decoder.json`` (default: the
+            checkout's ``train_configs/``).
+        threads: torch CPU threads (default: the CPUs this process may use).
+        seed: seed of the dataset, CLIP and training runs.
+        echo: where progress lines go.
+
+    Raises:
+        FileNotFoundError: the config folder lacks the demo configs.
+        RuntimeError: a training run stopped without an export.
+    """
+    configs = find_config_dir(config_dir)
+    out = Path(output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads or usable_cpus())))
+    try:
+        return _run_stages(out, preset, configs, seed, echo)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: Callable[[str], None]) -> dict:
+    from dalle2_pytorch.demo import report
+    from dalle2_pytorch.demo.shapes import generate_dataset
+    from dalle2_pytorch.demo.train_clip import train_clip
+
+    progress = Progress(num_stages=8, echo=echo)
+    book = StageBook(out / "stages")
+    echo(f"[demo] {preset.name} demo into {out} ({torch.get_num_threads()} CPU threads)")
+
+    started = progress.stage("data", f"{preset.num_train} + {preset.num_val} captioned shape images")
+    info = generate_dataset(out / "data", preset.num_train, preset.num_val, seed=seed, image_size=preset.image_size,
+                            samples_per_shard=preset.samples_per_shard, verbose=True)
+    progress.done("data", started, False)
+
+    started = progress.stage("clip", f"train a small CLIP ({preset.clip_steps} steps)")
+    clip = train_clip(info, out / "clip", steps=preset.clip_steps, batch_size=preset.clip_batch_size, seed=seed,
+                      model_kwargs=preset.clip_model_kwargs, evaluate=preset.clip_evaluate, log_every=max(1, preset.clip_steps // 10))
+    progress.done("clip", started, clip.reused, clip.train_seconds if clip.reused else None)
+    clip_key = fingerprint(info.params, file_digest(out / "clip" / "clip.safetensors"))
+
+    emb = stage_embeddings(info, out / "clip", out / "embeddings", clip_key, preset.samples_per_shard, progress, book)
+
+    cfg_out = out / "configs"
+    prior_cfg = resolve_config(configs / "demo_prior.json", {
+        "prior.clip.model": str(out / "clip"),
+        "data.image_url": str(emb / "img_emb"),
+        "data.text_url": str(emb / "text_emb"),
+        "data.meta_url": str(emb / "metadata"),
+        "data.num_data_points": preset.num_train,
+        "train.random_seed": seed,
+        "tracker.data_path": str(out / "prior_run"),
+        **preset.prior_overrides,
+    }, cfg_out / "prior.json")
+    prior_key = fingerprint(clip_key, _without_paths(prior_cfg))
+    prior_export = _run_training("prior", cfg_out / "prior.json", out / "prior_run", prior_key, progress, book, "prior",
+                                 log_every=max(1, _log_every(preset)))
+
+    num_shards = len(info.train_shards)
+    decoder_common = {
+        "data.webdataset_base_url": str(Path(info.root) / "train" / "shapes-{}.tar"),
+        "data.img_embeddings_url": str(emb / "img_emb"),
+        "data.start_shard": 0,
+        "data.end_shard": num_shards - 1,
+        "data.shard_width": 6,
+        "data.index_width": _index_width(preset.samples_per_shard),
+        "seed": seed,
+        **preset.decoder_overrides,
+    }
+    exports = {}
+    for unet, mask, extra in (("base", [True, False], preset.base_overrides),
+                              ("upsampler", [False, True], preset.upsampler_overrides)):
+        path = cfg_out / f"decoder_{unet}.json"
+        cfg = resolve_config(configs / "demo_decoder.json", {
+            **decoder_common, "train.unet_training_mask": mask,
+            "tracker.data_path": str(out / f"decoder_{unet}_run"), **extra,
+        }, path)
+        key = fingerprint(clip_key, _without_paths(cfg))
+        exports[unet] = _run_training("decoder", path, out / f"decoder_{unet}_run", key, progress, book,
+                                      f"decoder {unet} unet", log_every=max(1, _log_every(preset)))
+
+    started = progress.stage("models", f"join the decoder Unets; write {MODEL_INDEX}")
+    decoder_dir = assemble_decoder(exports["base"], exports["upsampler"], out / "decoder")
+    index = write_model_index(out, decoder_dir, prior_export, out / "clip")
+    progress.done("models", started, False)
+
+    started = progress.stage("report", "generate images, measure colour / shape / CLIP similarity")
+    result = report.run_report(out, info, preset, seed=seed, echo=echo)
+    progress.done("report", started, False)
+    total = progress.elapsed()
+    result.update(timings=progress.timings, total_seconds=round(total, 1), threads=torch.get_num_threads())
+    report.write_report(out, result)
+    echo(f"\n[demo] finished in {total / 60:.1f} min: {out / 'grid.png'}, {out / 'report.md'}; model index {index}")
+    echo(f"[demo] try: dream \"a red circle\" --model-dir {out} --seed 0 --output {out / 'dream'}")
+    return result
+
+
+def _log_every(preset: DemoPreset) -> int:
+    return 100 if preset.name == "full" else 1
+
+
+def _without_paths(config: dict) -> dict:
+    """The config without the output-folder paths (so a moved output folder keeps its fingerprints)."""
+    text = json.dumps(config, sort_keys=True)
+    return json.loads(text, object_hook=lambda d: {k: v for k, v in d.items()
+                                                   if k not in ("data_path", "image_url", "text_url", "meta_url",
+                                                                "webdataset_base_url", "img_embeddings_url", "model")})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point (see the module docstring); returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m dalle2_pytorch.demo.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", "-o", default="demo_output", help="demo folder (created; reused when run again)")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes: every stage in seconds (for tests)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all usable CPUs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--configs", default=None, help="folder with demo_prior.json and demo_decoder.json")
+    args = parser.parse_args(argv)
+    try:
+        run_demo(args.output, TINY if args.tiny else FULL, config_dir=args.configs, threads=args.threads, seed=args.seed)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

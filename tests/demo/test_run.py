@@ -1,0 +1,187 @@
+"""The demo runner (`python -m dalle2_pytorch.demo.run --tiny`): every stage end to end, reuse,
+resume and retraining when inputs change, and the report's pieces."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dalle2_pytorch.demo import report
+from dalle2_pytorch.demo import run as demo_run
+
+from tests.demo._demo_helpers import run_tiny_demo
+
+
+TRAINING_STAGES = ("prior", "decoder base unet", "decoder upsampler unet")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
+def test_tiny_demo_writes_models_grid_and_report(tiny_demo):
+    out, result, lines = tiny_demo
+    assert (out / "grid.png").is_file() and (out / "report.md").is_file()
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["measures"].keys() >= {"ground_truth", "decoder_alone", "prior_decoder", "seen_prior_decoder"}
+    n = demo_run.TINY.images_per_prompt * len(saved["settings"]["heldout"])
+    for key in ("ground_truth", "decoder_alone", "prior_decoder"):
+        m = saved["measures"][key]
+        assert m["n"] == n
+        assert 0.0 <= m["colour_acc"] <= 1.0 and 0.0 <= m["shape_acc"] <= 1.0
+        assert -1.0 <= m["clip_similarity"] <= 1.0
+    # the ceiling: the independent evaluator reads fresh renders correctly
+    assert saved["measures"]["ground_truth"]["colour_acc"] == 1.0
+    assert saved["measures"]["ground_truth"]["shape_acc"] >= 0.9
+    assert saved["total_seconds"] > 0 and set(TRAINING_STAGES) <= set(saved["timings"])
+    md = (out / "report.md").read_text()
+    assert "prior + decoder (text → image)" in md and "decoder on true CLIP image embeddings" in md
+    assert "![grid](grid.png)" in md
+    # model index: relative paths that exist, the layout `dream --model-dir` reads
+    index = json.loads((out / "dalle2.json").read_text())
+    assert not Path(index["prior"]).is_absolute() and (out / index["prior"] / "model.safetensors").is_file()
+    assert (out / index["decoder"] / "model.safetensors").is_file()
+    assert (out / index["clip"]["model"] / "clip.safetensors").is_file()
+    # resolved configs carry the output paths
+    prior_cfg = json.loads((out / "configs" / "prior.json").read_text())
+    assert prior_cfg["tracker"]["data_path"] == str(out / "prior_run")
+    masks = [json.loads((out / "configs" / f"decoder_{u}.json").read_text())["train"]["unet_training_mask"]
+             for u in ("base", "upsampler")]
+    assert masks == [[True, False], [False, True]]
+    assert any("stage 8/8" in line for line in lines)
+
+
+@pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
+def test_grid_has_one_row_per_prompt(tiny_demo):
+    out, _, _ = tiny_demo
+    with Image.open(out / "grid.png") as grid:
+        width, height = grid.size
+    heldout = json.loads((out / "report.json").read_text())["settings"]["heldout"]
+    rows = len(heldout) + report._SEEN_IN_GRID + len(report.FREE_FORM_PROMPTS)
+    assert height == rows * (96 + 2) + 2
+    assert width == 330 + demo_run.TINY.grid_columns * (96 + 2) + 2
+
+
+@pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
+def test_joined_decoder_has_the_upsampler_of_its_own_run(tiny_demo):
+    from dalle2_pytorch.decoder import Decoder
+
+    out, _, _ = tiny_demo
+    joined = Decoder.from_checkpoint(out / "decoder")
+    base = Decoder.from_checkpoint(out / "decoder_base_run" / "export")
+    up = Decoder.from_checkpoint(out / "decoder_upsampler_run" / "export")
+    for mine, theirs in ((joined.unets[0], base.unets[0]), (joined.unets[1], up.unets[1])):
+        for (k, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), k
+    # the base run did not train its upsampler: the joined decoder must not have taken that one
+    assert any(not torch.equal(a, b) for a, b in zip(joined.unets[1].parameters(), base.unets[1].parameters()))
+
+
+@pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
+def test_second_run_reuses_every_trained_stage(tiny_demo, tmp_path):
+    out = _copy(tiny_demo[0], tmp_path / "demo")
+    exports = {p: p.stat().st_mtime_ns for p in out.glob("*_run/export/model.safetensors")}
+    result, lines = run_tiny_demo(out)
+    for stage in TRAINING_STAGES + ("clip", "embeddings"):
+        assert result["timings"][stage]["reused"], stage
+        assert any(line.startswith(f"[demo] {stage}: reused") for line in lines), stage
+    assert {p: p.stat().st_mtime_ns for p in exports} == exports
+    assert (out / "grid.png").is_file()
+
+
+@pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
+def test_interrupted_run_resumes_from_its_checkpoint(tiny_demo, tmp_path):
+    out = _copy(tiny_demo[0], tmp_path / "demo")
+    state_file = out / "stages" / "decoder_upsampler_unet.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "finished": False}))
+    shutil.rmtree(out / "decoder_upsampler_run" / "export")
+    steps_before = [json.loads(l)["step"] for l in (out / "decoder_upsampler_run" / "metrics.jsonl").read_text().splitlines()]
+    result, lines = run_tiny_demo(out)
+    assert any("resuming the unfinished run" in line for line in lines)
+    assert not result["timings"]["decoder upsampler unet"]["reused"]
+    assert result["timings"]["prior"]["reused"]
+    assert (out / "decoder_upsampler_run" / "export" / "model.safetensors").is_file()
+    steps_after = [json.loads(l)["step"] for l in (out / "decoder_upsampler_run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps_after) == max(steps_before)  # continued from the checkpoint, not trained again
+
+
+@pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
+def test_changed_config_retrains_that_stage_only(tiny_demo, tmp_path):
+    out = _copy(tiny_demo[0], tmp_path / "demo")
+    preset = dataclasses.replace(demo_run.TINY, prior_overrides={**demo_run.TINY.prior_overrides, "train.lr": 5e-4})
+    result, lines = run_tiny_demo(out, preset=preset)
+    assert not result["timings"]["prior"]["reused"]
+    assert any("trained from other inputs" in line for line in lines)
+    assert result["timings"]["decoder base unet"]["reused"] and result["timings"]["decoder upsampler unet"]["reused"]
+    assert json.loads((out / "configs" / "prior.json").read_text())["train"]["lr"] == 5e-4
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+def test_fingerprint_and_index_width():
+    assert demo_run.fingerprint({"a": 1, "b": [1, 2]}) == demo_run.fingerprint({"b": [1, 2], "a": 1})
+    assert demo_run.fingerprint({"a": 1}) != demo_run.fingerprint({"a": 2})
+    assert demo_run._index_width(1000) == 3 and demo_run._index_width(10) == 1
+    with pytest.raises(ValueError, match="power of ten"):
+        demo_run._index_width(500)
+
+
+def test_resolve_config_applies_overrides(tmp_path):
+    template = tmp_path / "t.json"
+    template.write_text(json.dumps({"a": {"b": 1, "c": [1, 2]}, "d": "x"}))
+    data = demo_run.resolve_config(template, {"a.b": 5, "a.c.1": 7, "d": "/some/path"}, tmp_path / "o" / "r.json")
+    assert data == {"a": {"b": 5, "c": [1, 7]}, "d": "/some/path"}
+    assert json.loads((tmp_path / "o" / "r.json").read_text()) == data
+
+
+def test_shipped_demo_configs_validate():
+    from dalle2_pytorch.config import TrainDecoderConfig, TrainDiffusionPriorConfig
+    from dalle2_pytorch.config.base import load_json
+
+    folder = demo_run.find_config_dir()
+    decoder = TrainDecoderConfig.model_validate(load_json(folder / "demo_decoder.json"))
+    assert decoder.decoder.image_sizes == (16, 32) and len(decoder.decoder.unets) == 2
+    prior = load_json(folder / "demo_prior.json")
+    prior["prior"]["clip"] = None  # the template points at demo_output/clip, made by the demo
+    assert TrainDiffusionPriorConfig.model_validate(prior).prior.image_embed_dim == 64
+
+
+def test_measure_reads_ground_truth_and_rejects_mismatched_prompts():
+    from tests.conftest import make_x_clip_adapter
+
+    clip = make_x_clip_adapter()
+    images, prompts = report.ground_truth([("red", "circle"), ("blue", "square")], 3, 32, seed=0)
+    assert images.shape == (6, 3, 32, 32) and prompts[0] == "a red circle" and prompts[-1] == "a blue square"
+    m = report.measure(images, prompts, clip)
+    assert m["colour_acc"] == 1.0 and m["shape_acc"] == 1.0 and m["n"] == 6
+    assert m["per_prompt"]["a red circle"]["most_seen"] == "red circle"
+    wrong = report.measure(images, ["a green star"] * 6, clip)
+    assert wrong["colour_acc"] == 0.0 and wrong["shape_acc"] == 0.0
+    with pytest.raises(ValueError, match="one prompt per image"):
+        report.measure(images, prompts[:-1], clip)
+
+
+def test_make_grid_layout(tmp_path):
+    rows = [("a", torch.zeros(2, 3, 8, 8)), ("b", torch.ones(3, 3, 8, 8))]
+    path = report.make_grid(rows, tmp_path / "g.png", cell=10, label_width=20, pad=1)
+    with Image.open(path) as im:
+        assert im.size == (20 + 3 * 11 + 1, 2 * 11 + 1)
+        px = np.asarray(im)
+    assert (px[1 + 11, 21] == 255).all() and (px[1, 21] == 0).all()  # row b is white, row a black
+
+
+def test_cli_reports_a_missing_config_folder(tmp_path, capsys):
+    status = demo_run.main(["--output", str(tmp_path / "o"), "--tiny", "--configs", str(tmp_path / "nowhere")])
+    assert status == 2
+    assert "demo_prior.json" in capsys.readouterr().err
