@@ -385,16 +385,9 @@ class TrainDecoderConfig(StrictModel):
         Raises:
             FileNotFoundError: naming every missing path and its field.
         """
-        load = self.tracker.load
         items = [
             ("data.webdataset_base_url", self.data.webdataset_base_url),
             ("data.img_embeddings_url", self.data.img_embeddings_url),
             ("data.text_embeddings_url", self.data.text_embeddings_url),
         ]
-        if load is not None and load.load_from == "local" and not load.only_auto_resume:
-            items.append(("tracker.load.file_path", load.file_path))
-        items += [
-            (f"tracker.save[{i}].token_path", save.token_path)
-            for i, save in enumerate(self.tracker.save_configs)
-        ]
-        check_paths_exist(items)
+        check_paths_exist(items + self.tracker.local_path_fields())

@@ -274,16 +274,9 @@ class TrainDiffusionPriorConfig(StrictModel):
         Raises:
             FileNotFoundError: naming every missing path and its field.
         """
-        load = self.tracker.load
         items = [
             ("data.image_url", self.data.image_url),
             ("data.meta_url", self.data.meta_url),
             ("data.text_url", self.data.text_url),
         ]
-        if load is not None and load.load_from == "local" and not load.only_auto_resume:
-            items.append(("tracker.load.file_path", load.file_path))
-        items += [
-            (f"tracker.save[{i}].token_path", save.token_path)
-            for i, save in enumerate(self.tracker.save_configs)
-        ]
-        check_paths_exist(items)
+        check_paths_exist(items + self.tracker.local_path_fields())

@@ -157,3 +157,11 @@ class TrackerConfig(StrictModel):
     def save_configs(self) -> list[TrackerSaveConfig]:
         """`save` as a list."""
         return list(self.save) if isinstance(self.save, list) else [self.save]
+
+    def local_path_fields(self) -> list[tuple[str, str | None]]:
+        """(field name, value) of the tracker's local paths that must exist before training."""
+        items: list[tuple[str, str | None]] = []
+        if self.load is not None and self.load.load_from == "local" and not self.load.only_auto_resume:
+            items.append(("tracker.load.file_path", self.load.file_path))
+        items += [(f"tracker.save[{i}].token_path", save.token_path) for i, save in enumerate(self.save_configs)]
+        return items
