@@ -178,16 +178,39 @@ class CrossAttention(nn.Module):
         m = context.shape[1]
         h, dh = self.heads, self.dim_head
         x = self.norm(x)
-        q = self.to_q(x).view(b, n, h, dh).transpose(1, 2)  # (b, h, n, dh)
         k, v = self.to_kv(context).chunk(2, dim=-1)
         k = k.reshape(b, m, h, dh).transpose(1, 2)  # (b, h, m, dh)
         v = v.reshape(b, m, h, dh).transpose(1, 2)
         null_k, null_v = self.null_kv.unbind(dim=0)
         k, v = _prepend_null(null_k, k), _prepend_null(null_v, v)  # (b, h, m+1, dh)
+        if not self.cosine_sim and m + 1 < dh:
+            return self.to_out[1](self._folded(x, k, v))
+        q = self.to_q(x).view(b, n, h, dh).transpose(1, 2)  # (b, h, n, dh)
         if self.cosine_sim:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.to_out(out.transpose(1, 2).reshape(b, n, h * dh))
+
+    def _folded(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Softmax attention with the q and output projections folded into the few keys/values.
+
+        x: (b, n, dim) normed queries' tokens; k, v: (b, h, j, dh) -> (b, n, dim) before the output norm.
+
+        With per-head projections W_q,h (dh, dim) and W_o,h (dim, dh), the logits are
+        x·(W_q,hᵀ k_j) and the projected output Σ_h Σ_j p_hj (W_o,h v_j). When the context is
+        short (j < dh) the folded keys W_q,hᵀ k_j and values W_o,h v_j (dim wide, h·j of them) are
+        cheaper per token than the dh·h wide q and attention output; the result is the same up to
+        floating-point reassociation.
+        """
+        b, n, dim = x.shape
+        h, dh, j = self.heads, self.dim_head, k.shape[2]
+        w_q = self.to_q.weight.view(h, dh, dim)
+        w_o = self.to_out[0].weight.view(dim, h, dh)
+        keys = torch.einsum("hdc,bhjd->bchj", w_q, k * self.scale).reshape(b, dim, h * j)
+        values = torch.einsum("chd,bhjd->bhjc", w_o, v).reshape(b, h * j, dim)
+        probs = (x @ keys).view(b, n, h, j).softmax(dim=-1)  # (b, n, h, j)
+        return probs.view(b, n, h * j) @ values
+
 
 
 class LinearAttention(nn.Module):
