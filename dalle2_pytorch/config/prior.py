@@ -76,6 +76,9 @@ class DiffusionPriorNetworkConfig(StrictModel):
     """NormFormer LayerNorm after the feed-forward activation."""
     rotary_emb: bool = True
     """Rotary position embedding on queries and keys."""
+    linear_text_skip: bool = False
+    """(Extension) add a learned linear map of the text embedding to the output (held-out text-image
+    combinations generalise better; see `DiffusionPriorNetwork`)."""
     layout: Layout = "1.15.6"
     """(Extension) module/operation layout to build: '1.15.6' or '1.1.0' (LAION-era checkpoints)."""
 

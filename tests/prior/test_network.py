@@ -367,3 +367,26 @@ def test_low_precision_follows_input_dtype() -> None:
     out = call(net_bf16, low)
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_linear_text_skip_adds_a_map_of_the_text_embedding_to_conditioned_rows_only() -> None:
+    torch.manual_seed(0)
+    kwargs = dict(dim=16, num_timesteps=10, max_text_len=3, depth=1, dim_head=8, heads=2)
+    plain = DiffusionPriorNetwork(**kwargs).eval()
+    torch.manual_seed(0)
+    skip = DiffusionPriorNetwork(**kwargs, linear_text_skip=True).eval()
+    assert set(skip.state_dict()) - set(plain.state_dict()) == {"text_skip.weight"}
+    x, t, text = torch.randn(4, 16), torch.randint(0, 10, (4,)), torch.randn(4, 16)
+    with torch.no_grad():
+        assert torch.equal(skip(x, t, text_embed=text), plain(x, t, text_embed=text))  # zero at init
+        skip.text_skip.weight.normal_()
+        expected = plain(x, t, text_embed=text) + text @ skip.text_skip.weight.T
+        torch.testing.assert_close(skip(x, t, text_embed=text), expected)
+        # dropped text: the null branch is the plain network's (no text, so no skip)
+        dropped = skip(x, t, text_embed=text, text_cond_drop_prob=1.0)
+        torch.testing.assert_close(dropped, plain(x, t, text_embed=text, text_cond_drop_prob=1.0))
+        guided = skip.forward_with_cond_scale(x, t, text_embed=text, cond_scale=3.0)
+        null = plain(x, t, text_embed=text, cond_drop_prob=1.0)
+        torch.testing.assert_close(guided, null + (expected - null) * 3.0, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="linear_text_skip=True needs layout '1.15.6'"):
+        DiffusionPriorNetwork(**kwargs, linear_text_skip=True, layout="1.1.0")

@@ -21,6 +21,8 @@ def make_net(**overrides) -> DiffusionPriorNetwork:
     std = 0.5 / 128 if net.layout == "1.1.0" else 0.5  # 1.1.0 multiplies the bias by 128
     with torch.no_grad():  # a rel-pos bias that matters but does not swamp q·k
         net.causal_transformer.rel_pos_bias.relative_attention_bias.weight.normal_(0, std)
+        if net.text_skip is not None:  # zero at init: make it matter
+            net.text_skip.weight.normal_(0, DIM**-0.5)
     return net
 
 
@@ -47,6 +49,7 @@ CONFIGS = [
     dict(self_cond=True, num_timesteps=None),
     dict(num_text_embeds=3, num_image_embeds=2, num_time_embeds=2),
     dict(norm_in=True, rotary_emb=False, final_proj=False),
+    dict(linear_text_skip=True),
 ]
 
 
@@ -82,7 +85,7 @@ def test_cached_forward_matches_full_sequence(config: dict, cond_scale: float) -
     assert not torch.allclose(full, full0)  # the timesteps matter
 
 
-@pytest.mark.parametrize("config", CONFIGS[:3])
+@pytest.mark.parametrize("config", CONFIGS[:3] + [dict(linear_text_skip=True)])
 def test_cached_forward_with_dropout_masks(config: dict) -> None:
     net = make_net(**config)
     x = make_inputs(b=8, float_time=net.continuous_embedded_time)
@@ -134,6 +137,7 @@ def test_cache_keeps_gradients_in_training() -> None:
         (dict(), dict(cond_drop_prob=0.2), 3.0),
         (dict(self_cond=True, num_text_embeds=2), dict(cond_drop_prob=0.2, predict_x_start=False), 2.0),
         (dict(layout="1.1.0"), dict(), 1.0),
+        (dict(linear_text_skip=True), dict(cond_drop_prob=0.2), 2.0),
     ],
 )
 def test_prior_sample_cached_equals_uncached(net_config: dict, prior_config: dict, cond_scale: float) -> None:
