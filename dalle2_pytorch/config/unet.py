@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
-from .base import Layout, PositiveInt, StrictModel, constructor_kwargs
+from .base import Layout, NonNegativeInt, PositiveInt, StrictModel, constructor_kwargs
 
 __all__ = ["UnetConfig"]
 
@@ -77,8 +77,8 @@ class UnetConfig(StrictModel):
     """GroupNorm groups; an int or one per stage."""
     resnet_weight_standardization: bool = False
     """Weight-standardised convolutions in the resnet blocks."""
-    num_resnet_blocks: PositiveInt | tuple[PositiveInt, ...] = 2
-    """Resnet blocks per stage; an int or one per stage."""
+    num_resnet_blocks: NonNegativeInt | tuple[NonNegativeInt, ...] = 2
+    """Resnet blocks per stage; an int or one per stage (0: the stage only downsamples)."""
     init_cross_embed: bool = True
     """Initial conv is a multi-scale cross-embed layer."""
     init_cross_embed_kernel_sizes: tuple[PositiveInt, ...] = (3, 7, 15)

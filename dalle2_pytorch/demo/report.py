@@ -181,7 +181,8 @@ def _markdown(result: dict) -> str:
         f"Preset `{s['preset']}`: {s['num_train']} training images, held-out (colour, shape) pairs "
         f"{', '.join(' '.join(p) for p in s['heldout'])} never seen in training. Images are "
         f"{s['image_size']}×{s['image_size']} px. Sampling: {s['prior_candidates']} prior candidates reranked by CLIP, "
-        f"prior guidance {s['prior_cond_scale']}, decoder guidance {s['decoder_cond_scale']}, seed {s['seed']}.", "",
+        f"prior guidance {s['prior_cond_scale']}, decoder guidance {s['decoder_cond_scale']}, "
+        f"{s.get('prior_steps', '?')} prior / {s.get('decoder_steps', '?')} decoder DDIM steps, seed {s['seed']}.", "",
         "## Quality on held-out prompts", "",
         "Colour / shape: how often the dominant colour / the shape read by a model-independent image analysis "
         "(`dalle2_pytorch.demo.evaluate`) matches the prompt (chance: 17% / 20%). CLIP: cosine similarity between "
@@ -265,6 +266,8 @@ def run_report(out: Path, info: Any, preset: Any, *, seed: int = 0, echo: Callab
             "preset": preset.name, "num_train": info.num_train, "image_size": size, "heldout": [list(p) for p in heldout],
             "images_per_prompt": n, "prior_candidates": preset.prior_candidates,
             "prior_cond_scale": preset.prior_cond_scale, "decoder_cond_scale": preset.decoder_cond_scale, "seed": seed,
+            "prior_steps": prior.sample_timesteps or prior.noise_scheduler.num_timesteps,
+            "decoder_steps": [st.sample_timesteps or st.timesteps for st in decoder.stages],
         },
         "measures": measures,
         "targets": {"colour_acc": 0.8, "shape_acc": 0.6},

@@ -8,11 +8,11 @@ Stages, each in its own folder of the output directory:
 1. ``data/``        procedural captioned shapes (:mod:`dalle2_pytorch.demo.shapes`);
 2. ``clip/``        a small CLIP trained on them (:mod:`dalle2_pytorch.demo.train_clip`);
 3. ``embeddings/``  CLIP image/text embeddings of every shard (:func:`dalle2_pytorch.data.precompute_embeddings`);
-4. ``prior_run/``   the diffusion prior, trained by ``train_prior.py``'s ``main`` from
-   ``train_configs/demo_prior.json``;
+4. ``prior_run/``   the diffusion prior, trained by ``train_prior.py`` from ``train_configs/demo_prior.json``;
 5. ``decoder_base_run/``, ``decoder_upsampler_run/``  the two Unets of the decoder, each trained by
-   ``train_decoder.py``'s ``main`` from ``train_configs/demo_decoder.json`` (``train.unet_training_mask``
-   picks the Unet), then joined into ``decoder/`` (an export folder);
+   ``train_decoder.py`` from ``train_configs/demo_decoder.json`` (``train.unet_training_mask`` picks the
+   Unet), then joined into ``decoder/`` (an export folder). Stages 4 and 5 run as child processes in
+   two lanes side by side (:mod:`dalle2_pytorch.demo.training_runs`);
 6. ``dalle2.json``  the model index ``dream --model-dir OUTPUT`` reads;
 7. ``grid.png``, ``report.md``, ``report.json``  images for a list of prompts and the quality measure
    (:mod:`dalle2_pytorch.demo.report`).
@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+
+from dalle2_pytorch.demo.training_runs import TrainingRun, run_in_lanes
 
 __all__ = ["DemoPreset", "FULL", "TINY", "find_config_dir", "main", "run_demo"]
 
@@ -76,9 +78,9 @@ class DemoPreset:
     upsampler_overrides: dict = field(default_factory=dict)
     images_per_prompt: int = 16
     grid_columns: int = 8
-    prior_candidates: int = 4
+    prior_candidates: int = 16
     prior_cond_scale: float = 1.0
-    decoder_cond_scale: float = 1.0
+    decoder_cond_scale: float = 2.0
 
 
 #: The ``make demo`` run (timings in docs/ and the report).
@@ -109,7 +111,8 @@ TINY = DemoPreset(
         "prior.sample_timesteps": 4,
     },
     decoder_overrides={
-        "decoder.unets.0.dim": 8, "decoder.unets.0.dim_mults": [1, 2], "decoder.unets.0.image_embed_dim": 16,
+        "decoder.unets.0.dim": 8, "decoder.unets.0.dim_mults": [1, 2], "decoder.unets.0.self_attn": [False, True],
+        "decoder.unets.0.num_resnet_blocks": 1, "decoder.unets.0.image_embed_dim": 16,
         "decoder.unets.0.cond_dim": 16, "decoder.unets.1.dim": 8, "decoder.unets.1.dim_mults": [1, 2],
         "decoder.unets.1.image_embed_dim": 16, "decoder.unets.1.cond_dim": 16, "decoder.sample_timesteps": [4, 4],
         "data.batch_size": 16, "train.n_sample_images": 2, "train.save_every_n_samples": 64,
@@ -251,36 +254,6 @@ def _index_width(samples_per_shard: int) -> int:
     return width
 
 
-def _run_training(kind: str, config_path: Path, run_dir: Path, key: str, progress: Progress, book: StageBook,
-                  name: str, log_every: int) -> Path:
-    """Runs ``train_prior.py`` / ``train_decoder.py`` (their ``main``, in process) unless already
-    finished with the same inputs; an unfinished run with the same inputs resumes. Returns the export."""
-    from dalle2_pytorch.training.scripts import decoder_script, prior_script
-
-    script_name = "train_prior.py" if kind == "prior" else "train_decoder.py"
-    started = progress.stage(name, f"{script_name} --config_file {config_path}")
-    export = run_dir / "export"
-    done = book.is_done(name, key)
-    if done is not None and (export / "model.safetensors").is_file():
-        progress.done(name, started, True, done.get("seconds"))
-        return export
-    state = book.get(name)
-    if run_dir.exists() and (state is None or state.get("key") != key):
-        progress.echo(f"[demo] {run_dir} was trained from other inputs: starting it again")
-        shutil.rmtree(run_dir)
-    elif (run_dir / "checkpoints").is_dir():
-        progress.echo(f"[demo] resuming the unfinished run in {run_dir}")
-    book.write(name, key, finished=False)
-    script = prior_script if kind == "prior" else decoder_script
-    status = script.main(["--config_file", str(config_path), "--log-every", str(log_every), "--cpu"])
-    if status != 0 or not (export / "model.safetensors").is_file():
-        raise RuntimeError(f"{name} training stopped (exit status {status}) without an export in {export}; "
-                           "run the demo again to resume it")
-    book.write(name, key, finished=True, seconds=time.perf_counter() - started)
-    progress.done(name, started, False)
-    return export
-
-
 def stage_embeddings(info: Any, clip_dir: Path, out: Path, key: str, samples_per_shard: int,
                      progress: Progress, book: StageBook) -> Path:
     """CLIP image/text embeddings + caption metadata of every train shard."""
@@ -400,9 +373,8 @@ def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: C
         "tracker.data_path": str(out / "prior_run"),
         **preset.prior_overrides,
     }, cfg_out / "prior.json")
-    prior_key = fingerprint(clip_key, _without_paths(prior_cfg))
-    prior_export = _run_training("prior", cfg_out / "prior.json", out / "prior_run", prior_key, progress, book, "prior",
-                                 log_every=max(1, _log_every(preset)))
+    prior_run = TrainingRun("prior", "prior", cfg_out / "prior.json", out / "prior_run",
+                            fingerprint(clip_key, _without_paths(prior_cfg)), _log_every(preset))
 
     num_shards = len(info.train_shards)
     decoder_common = {
@@ -415,7 +387,7 @@ def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: C
         "seed": seed,
         **preset.decoder_overrides,
     }
-    exports = {}
+    decoder_runs = {}
     for unet, mask, extra in (("base", [True, False], preset.base_overrides),
                               ("upsampler", [False, True], preset.upsampler_overrides)):
         path = cfg_out / f"decoder_{unet}.json"
@@ -423,9 +395,16 @@ def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: C
             **decoder_common, "train.unet_training_mask": mask,
             "tracker.data_path": str(out / f"decoder_{unet}_run"), **extra,
         }, path)
-        key = fingerprint(clip_key, _without_paths(cfg))
-        exports[unet] = _run_training("decoder", path, out / f"decoder_{unet}_run", key, progress, book,
-                                      f"decoder {unet} unet", log_every=max(1, _log_every(preset)))
+        decoder_runs[unet] = TrainingRun(f"decoder {unet} unet", "decoder", path, out / f"decoder_{unet}_run",
+                                         fingerprint(clip_key, _without_paths(cfg)), _log_every(preset))
+    # the base Unet is the longest run: it gets a lane to itself while the other does the prior, then the upsampler
+    lanes = [[decoder_runs["base"]], [prior_run, decoder_runs["upsampler"]]]
+    threads = torch.get_num_threads()
+    if threads < 2:
+        lanes = [[prior_run, decoder_runs["base"], decoder_runs["upsampler"]]]
+    exports = run_in_lanes(lanes, threads=threads, book=book, progress=progress, echo=echo)
+    prior_export = exports["prior"]
+    exports = {"base": exports["decoder base unet"], "upsampler": exports["decoder upsampler unet"]}
 
     started = progress.stage("models", f"join the decoder Unets; write {MODEL_INDEX}")
     decoder_dir = assemble_decoder(exports["base"], exports["upsampler"], out / "decoder")

@@ -16,14 +16,15 @@ def reset_accelerate() -> None:
 
 
 def run_tiny_demo(output: Path, **kwargs) -> tuple[dict, list[str]]:
-    """`run_demo` with the TINY preset on one thread; returns (report, progress lines)."""
+    """`run_demo` with the TINY preset on two threads (two training lanes of one thread each, the
+    `make demo` layout); returns (report, progress lines)."""
     from dalle2_pytorch.demo.run import TINY, run_demo
 
     lines: list[str] = []
     threads = torch.get_num_threads()
     reset_accelerate()
     try:
-        result = run_demo(output, kwargs.pop("preset", TINY), threads=1, echo=lines.append, **kwargs)
+        result = run_demo(output, kwargs.pop("preset", TINY), threads=kwargs.pop("threads", 2), echo=lines.append, **kwargs)
     finally:
         reset_accelerate()
         torch.set_num_threads(threads)

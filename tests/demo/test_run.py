@@ -126,6 +126,49 @@ def test_changed_config_retrains_that_stage_only(tiny_demo, tmp_path):
     assert json.loads((out / "configs" / "prior.json").read_text())["train"]["lr"] == 5e-4
 
 
+@pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
+def test_training_lanes_run_side_by_side_and_a_failed_run_names_its_log(tiny_demo, tmp_path):
+    assert any("2 training lanes side by side (1 CPU thread(s) each)" in line for line in tiny_demo[2])
+    out = _copy(tiny_demo[0], tmp_path / "demo")
+    preset = dataclasses.replace(demo_run.TINY, prior_overrides={**demo_run.TINY.prior_overrides, "train.lr": -1.0},
+                                 base_overrides={**demo_run.TINY.base_overrides, "train.lr": 2e-4})
+    with pytest.raises(RuntimeError, match=r"prior training stopped \(exit status 2\).*logs/prior_run.log"):
+        run_tiny_demo(out, preset=preset)
+    log = (out / "logs" / "prior_run.log").read_text()
+    assert "train.lr" in log  # the script's config error, kept for the user
+    # the other lane finished its (changed, so retrained) base Unet before the error was raised
+    base_state = json.loads((out / "stages" / "decoder_base_unet.json").read_text())
+    assert base_state["finished"] and (out / "decoder_base_run" / "export" / "model.safetensors").is_file()
+    assert json.loads((out / "configs" / "decoder_base.json").read_text())["train"]["lr"] == 2e-4
+
+
+def test_single_thread_runs_the_training_one_after_another(tmp_path):
+    from dalle2_pytorch.demo.training_runs import TrainingRun, run_in_lanes
+
+    class Book:
+        def __init__(self):
+            self.states = {}
+
+        def is_done(self, name, key):
+            return None
+
+        def get(self, name):
+            return self.states.get(name)
+
+        def write(self, name, key, finished, seconds=None, **extra):
+            self.states[name] = {"key": key, "finished": finished}
+
+    progress = demo_run.Progress(num_stages=2, echo=lambda line: None)
+    lines: list[str] = []
+    runs = [TrainingRun(name, "prior", tmp_path / f"{name}.json", tmp_path / f"{name}_run", "k", 1) for name in "ab"]
+    with pytest.raises(RuntimeError) as info:
+        run_in_lanes([runs], threads=1, book=Book(), progress=progress, echo=lines.append)
+    # one lane: "a" fails (no config file), so "b" never starts
+    assert "a training stopped" in str(info.value) and "b training" not in str(info.value)
+    assert not any("lanes side by side" in line for line in lines)
+    assert (tmp_path / "logs" / "a_run.log").is_file() and not (tmp_path / "logs" / "b_run.log").exists()
+
+
 # ---------------------------------------------------------------------------------------------- pieces
 
 

@@ -1,0 +1,165 @@
+"""The demo's training runs: ``train_prior.py`` / ``train_decoder.py`` as child processes, in lanes.
+
+The prior, the base Unet and the upsampler only need the CLIP embeddings, not each other, so the
+demo trains them side by side: with two or more CPUs, lane 1 trains the base Unet while lane 2
+trains the prior and then the upsampler, each lane a separate process with half the CPU threads.
+On small CPUs one-thread processes in parallel do more work per second than one process with two
+threads (the convolutions of tiny Unets do not scale across threads), so this is the demo's
+largest speed-up. With one CPU the runs go one after the other.
+
+Every run is the real training script (``python train_prior.py --config_file ...`` through its
+module), so its checkpoints, resume and export are the ones a user gets; its output goes to
+``logs/{run folder}.log`` and, prefixed with the run's name, to the demo's progress output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = ["TrainingRun", "run_in_lanes"]
+
+_SCRIPT_MODULES = {
+    "prior": "dalle2_pytorch.training.scripts.prior_script",
+    "decoder": "dalle2_pytorch.training.scripts.decoder_script",
+}
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One training script run of the demo.
+
+    Args:
+        name: stage name (``"prior"``, ``"decoder base unet"``, ...).
+        kind: ``"prior"`` or ``"decoder"`` (which script).
+        config_path: the resolved JSON config.
+        run_dir: the config's ``tracker.data_path`` (checkpoints, export).
+        key: fingerprint of the run's inputs; a finished run with the same key is reused.
+        log_every: the script's ``--log-every``.
+    """
+
+    name: str
+    kind: str
+    config_path: Path
+    run_dir: Path
+    key: str
+    log_every: int
+
+    @property
+    def export(self) -> Path:
+        return self.run_dir / "export"
+
+    @property
+    def log_path(self) -> Path:
+        """The script's output (beside ``run_dir``: the tracker wants its folder to itself)."""
+        return self.run_dir.parent / "logs" / f"{self.run_dir.name}.log"
+
+    def command(self) -> list[str]:
+        script = _SCRIPT_MODULES[self.kind]
+        return [sys.executable, "-c", f"import sys; from {script} import cli; sys.exit(cli())",
+                "--config_file", str(self.config_path), "--log-every", str(self.log_every), "--cpu"]
+
+
+def run_in_lanes(lanes: Sequence[Sequence[TrainingRun]], *, threads: int, book, progress,
+                 echo: Callable[[str], None]) -> dict[str, Path]:
+    """Runs each lane's runs in order, the lanes at the same time; returns ``{name: export folder}``.
+
+    Args:
+        lanes: runs per lane (empty lanes are dropped).
+        threads: CPU threads shared by the lanes (each lane gets ``threads // lanes``, at least 1).
+        book: the demo's ``StageBook`` (finished runs with the same key are reused).
+        progress: the demo's ``Progress`` (timings).
+        echo: progress output.
+
+    Raises:
+        RuntimeError: a run stopped without an export (the message names it and its log); the
+            other lanes are finished first so their work is kept.
+    """
+    lanes = [list(lane) for lane in lanes if lane]
+    per_lane = max(1, threads // max(1, len(lanes)))
+    exports: dict[str, Path] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def work(lane: list[TrainingRun]) -> None:
+        for run in lane:
+            try:
+                export = _run_one(run, per_lane, book, progress, echo, lock)
+            except Exception as e:  # reported below; a failed run ends its lane only
+                with lock:
+                    errors.append(str(e))
+                return
+            with lock:
+                exports[run.name] = export
+
+    if len(lanes) > 1:
+        echo(f"[demo] {len(lanes)} training lanes side by side ({per_lane} CPU thread(s) each): " + "; ".join(
+            " then ".join(run.name for run in lane) for lane in lanes))
+    workers = [threading.Thread(target=work, args=(lane,), daemon=True) for lane in lanes]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return exports
+
+
+def _run_one(run: TrainingRun, threads: int, book, progress, echo: Callable[[str], None],
+             lock: threading.Lock) -> Path:
+    with lock:
+        started = progress.stage(run.name, f"{'train_prior.py' if run.kind == 'prior' else 'train_decoder.py'} "
+                                           f"--config_file {run.config_path}")
+        done = book.is_done(run.name, run.key)
+    if done is not None and (run.export / "model.safetensors").is_file():
+        with lock:
+            progress.done(run.name, started, True, done.get("seconds"))
+        return run.export
+    state = book.get(run.name)
+    if run.run_dir.exists() and (state is None or state.get("key") != run.key):
+        echo(f"[demo] {run.run_dir} was trained from other inputs: starting it again")
+        shutil.rmtree(run.run_dir)
+    elif (run.run_dir / "checkpoints").is_dir():
+        echo(f"[demo] resuming the unfinished run in {run.run_dir}")
+    book.write(run.name, run.key, finished=False)
+    status = _spawn(run, threads, echo)
+    if status != 0 or not (run.export / "model.safetensors").is_file():
+        raise RuntimeError(f"{run.name} training stopped (exit status {status}) without an export in {run.export} "
+                           f"(log: {run.log_path}); run the demo again to resume it")
+    book.write(run.name, run.key, finished=True, seconds=time.perf_counter() - started)
+    with lock:
+        progress.done(run.name, started, False)
+    return run.export
+
+
+def _spawn(run: TrainingRun, threads: int, echo: Callable[[str], None]) -> int:
+    """Runs the script as a child process; its output goes to ``log_path`` and, prefixed, to ``echo``."""
+    import dalle2_pytorch
+
+    package_root = str(Path(dalle2_pytorch.__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    run.log_path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f"[{run.name}] "
+    with open(run.log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(run.command()[3:])}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        process = subprocess.Popen(run.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                   text=True, bufsize=1)
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                echo(prefix + line.rstrip("\n"))
+            return process.wait()
+        except BaseException:
+            process.terminate()  # the script saves a checkpoint on SIGTERM; a later run resumes it
+            process.wait()
+            raise
