@@ -50,6 +50,7 @@ WORKLOADS = (
     "unet_forward",
     "unet_forward_cfg",
     "unet_train_step",
+    "unet_train_step_image_cond",
     "decoder_sample_ddim",
 )
 # Sampling runs different (on purpose) DDIM schedules on the two sides: outputs are not comparable.

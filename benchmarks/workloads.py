@@ -59,6 +59,7 @@ WORKLOADS = (
     "unet_forward",
     "unet_forward_cfg",
     "unet_train_step",
+    "unet_train_step_image_cond",
     "decoder_sample_ddim",
 )
 
@@ -215,12 +216,14 @@ def make_workload(name: str, prior: Any, decoder: Any, x: dict, size: dict) -> C
 
         return step
 
-    if name == "unet_train_step":
+    if name in ("unet_train_step", "unet_train_step_image_cond"):
         unet.train()
+        # image_cond: no text encodings, so the cross-attention context is the few time + image tokens
+        kw = {"image_embed": x["unet_image_embed"]} if name.endswith("image_cond") else unet_kw
 
         def step(collect: bool) -> dict:
             _zero_grad(unet)
-            out = unet(x["unet_x"], x["unet_t"], **unet_kw)
+            out = unet(x["unet_x"], x["unet_t"], **kw)
             loss = F.mse_loss(out, x["unet_noise"])
             loss.backward()
             return {"loss": loss.detach(), **(_grads(unet, "") if collect else {})}
