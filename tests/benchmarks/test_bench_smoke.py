@@ -12,8 +12,16 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 WORKLOADS = (
     "prior_forward", "prior_forward_cfg", "prior_train_step", "prior_sample_ddim",
-    "unet_forward", "unet_forward_cfg", "unet_train_step", "decoder_sample_ddim",
+    "unet_forward", "unet_forward_cfg", "unet_train_step", "unet_train_step_image_cond", "decoder_sample_ddim",
 )
+
+
+def test_the_cli_and_the_worker_know_the_same_workloads(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_api
+    import workloads
+
+    assert bench_api.WORKLOADS == workloads.WORKLOADS == WORKLOADS
 
 
 @pytest.mark.slow
