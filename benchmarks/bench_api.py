@@ -38,23 +38,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from workload_names import SAMPLING_WORKLOADS, WORKLOADS
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 WORKER = HERE / "workloads.py"
 DEFAULT_OURS_PYTHON = REPO / ".venv" / "bin" / "python"
-WORKLOADS = (
-    "prior_forward",
-    "prior_forward_cfg",
-    "prior_train_step",
-    "prior_sample_ddim",
-    "unet_forward",
-    "unet_forward_cfg",
-    "unet_train_step",
-    "unet_train_step_image_cond",
-    "decoder_sample_ddim",
-)
-# Sampling runs different (on purpose) DDIM schedules on the two sides: outputs are not comparable.
-TIME_ONLY = ("prior_sample_ddim", "decoder_sample_ddim")
 # Why a diff is expected (or not comparable) for some workloads.
 NOTES = {
     "prior_train_step": "same seed; loss + grads compared",
@@ -133,7 +122,7 @@ def table(workdir: Path, workloads: list[str], with_ref: bool, metric: str = "wa
         ours, ref = collect(workdir, "ours", name, metric), collect(workdir, "reference", name, metric)
         speed = f"{ref['median'] / ours['median']:.2f}×" if ours and ref else "–"
         note = NOTES.get(name, "") if with_ref else ""
-        diff = "n/a (time only)" if name in TIME_ONLY and ref else fmt_diff(ours["diff"] if ours else None)
+        diff = "n/a (time only)" if name in SAMPLING_WORKLOADS and ref else fmt_diff(ours["diff"] if ours else None)
         lines.append(f"| {name} | {fmt_time(ours)} | {fmt_time(ref)} | {speed} | {diff} | {note} |")
     return "\n".join(lines)
 

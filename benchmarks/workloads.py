@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from reference_shim import import_package
+from workload_names import SAMPLING_WORKLOADS, WORKLOADS
 
 # ----------------------------------------------------------------------------- configurations
 
@@ -48,20 +49,7 @@ SIZES: dict[str, dict[str, Any]] = {
     ),
 }
 COND_SCALE = 2.0
-SAMPLING_WORKLOADS = ("prior_sample_ddim", "decoder_sample_ddim")
 TIMESTEPS = 1000
-
-WORKLOADS = (
-    "prior_forward",
-    "prior_forward_cfg",
-    "prior_train_step",
-    "prior_sample_ddim",
-    "unet_forward",
-    "unet_forward_cfg",
-    "unet_train_step",
-    "unet_train_step_image_cond",
-    "decoder_sample_ddim",
-)
 
 # ----------------------------------------------------------------------------- models and data
 

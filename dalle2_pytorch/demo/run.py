@@ -406,12 +406,11 @@ def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: C
     if threads < 2:
         lanes = [[prior_run, decoder_runs["base"], decoder_runs["upsampler"]]]
     exports = run_in_lanes(lanes, threads=threads, book=book, progress=progress, echo=echo)
-    prior_export = exports["prior"]
-    exports = {"base": exports["decoder base unet"], "upsampler": exports["decoder upsampler unet"]}
 
     started = progress.stage("models", f"join the decoder Unets; write {MODEL_INDEX}")
-    decoder_dir = assemble_decoder(exports["base"], exports["upsampler"], out / "decoder")
-    index = write_model_index(out, decoder_dir, prior_export, out / "clip")
+    decoder_dir = assemble_decoder(exports[decoder_runs["base"].name], exports[decoder_runs["upsampler"].name],
+                                   out / "decoder")
+    index = write_model_index(out, decoder_dir, exports[prior_run.name], out / "clip")
     progress.done("models", started, False)
 
     started = progress.stage("report", "generate images, measure colour / shape / CLIP similarity")

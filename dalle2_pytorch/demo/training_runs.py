@@ -148,9 +148,10 @@ def _spawn(run: TrainingRun, threads: int, echo: Callable[[str], None]) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f"[{run.name}] "
+    command = run.command()
     with open(run.log_path, "a", encoding="utf-8") as log:
-        log.write(f"$ {' '.join(run.command()[3:])}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-        process = subprocess.Popen(run.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        log.write(f"$ {' '.join(command[3:])}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                    text=True, bufsize=1)
         try:
             assert process.stdout is not None

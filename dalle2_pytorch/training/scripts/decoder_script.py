@@ -45,6 +45,7 @@ from dalle2_pytorch.training.scripts.runtime import (
     GracefulStop,
     MetricsLog,
     RunState,
+    ScriptLoop,
     all_ranks_agree,
     any_rank,
     build_accelerator,
@@ -176,8 +177,10 @@ def _trained_numbers(trainer: DecoderTrainer) -> list[int]:
     return [i + 1 for i, trained in enumerate(trainer.trained_unets) if trained]
 
 
-class _DecoderLoop:
+class _DecoderLoop(ScriptLoop):
     """The per-epoch state machine train → val → eval → sample, with saving and resuming."""
+
+    logger = logger
 
     def __init__(
         self,
@@ -207,18 +210,6 @@ class _DecoderLoop:
     @property
     def step(self) -> int:
         return max(self.trainer.num_steps_taken(u) for u in self.unet_numbers)
-
-    def log(self, values: dict[str, Any], console: bool = True) -> None:
-        record = {"step": self.step, "epoch": self.state.epoch, "samples_seen": self.state.samples_seen,
-                  "time": round(time.time() - self.start_time, 3), **values}
-        if self.metrics_log is not None:
-            self.metrics_log.write(record)
-        if console:
-            self.tracker.log(record, step=self.step)
-
-    def save(self, is_best: bool = False, is_latest: bool = True) -> None:
-        self.tracker.save(self.trainer, is_best=is_best, is_latest=is_latest, **self.state.metadata(),
-                          config=self.config_dump)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
@@ -398,8 +389,4 @@ class _DecoderLoop:
         if values:
             self.log(values)
         self.save()
-        exported = self.trainer.export_model(self.data_path / "export")
-        reference = self.trainer.export_reference_model(self.data_path / "model.pth", config=self.config_dump)
-        if self.accelerator.is_main_process:
-            logger.info("finished at step %d: exported %s and %s", self.step, exported, reference)
-        self.log({"event": "finished", "export": str(exported), "reference_model": str(reference)}, console=False)
+        self.export(self.data_path, config=self.config_dump)

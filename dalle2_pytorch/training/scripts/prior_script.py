@@ -55,6 +55,7 @@ from dalle2_pytorch.training.scripts.runtime import (
     MetricsLog,
     Periodic,
     RunState,
+    ScriptLoop,
     all_ranks_agree,
     any_rank,
     build_accelerator,
@@ -165,8 +166,10 @@ def _dry_run(
     return 0
 
 
-class _PriorLoop:
+class _PriorLoop(ScriptLoop):
     """The training loop and its periodic evaluation / saving."""
+
+    logger = logger
 
     def __init__(
         self,
@@ -180,7 +183,7 @@ class _PriorLoop:
         state: RunState,
     ) -> None:
         self.config, self.options, self.trainer, self.tracker = config, options, trainer, tracker
-        self.data, self.conditioner, self.metrics, self.state = data, conditioner, metrics, state
+        self.data, self.conditioner, self.metrics_log, self.state = data, conditioner, metrics, state
         self.accelerator = trainer.accelerator
         self.device = self.accelerator.device
         self.eval_seed = config.train.random_seed + _EVAL_SEED_OFFSET
@@ -192,17 +195,6 @@ class _PriorLoop:
     @property
     def step(self) -> int:
         return self.trainer.num_steps_taken()
-
-    def log(self, values: dict[str, Any], console: bool = True) -> None:
-        record = {"step": self.step, "epoch": self.state.epoch, "samples_seen": self.state.samples_seen,
-                  "time": round(time.time() - self.start_time, 3), **values}
-        self.metrics.write(record)
-        if console:
-            self.tracker.log(record, step=self.step)
-
-    def save(self, is_best: bool = False, is_latest: bool = True) -> None:
-        self.tracker.save(self.trainer, is_best=is_best, is_latest=is_latest, **self.state.metadata(),
-                          config=self.config_dump)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
@@ -305,9 +297,4 @@ class _PriorLoop:
         model = trainer.ema_diffusion_prior.ema_model if trainer.use_ema else trainer.unwrapped_prior
         self.log({"test/loss" + ("_ema" if trainer.use_ema else ""): self._split_loss(self.data.test, model)})
         self.save()
-        data_path = Path(self.config.tracker.data_path)
-        exported = self.trainer.export_model(data_path / "export")
-        reference = self.trainer.export_reference_model(data_path / "model.pth")
-        if self.accelerator.is_main_process:
-            logger.info("finished at step %d: exported %s and %s", self.step, exported, reference)
-        self.log({"event": "finished", "export": str(exported), "reference_model": str(reference)}, console=False)
+        self.export(Path(self.config.tracker.data_path))

@@ -41,6 +41,7 @@ __all__ = [
     "MetricsLog",
     "Periodic",
     "RunState",
+    "ScriptLoop",
     "all_ranks_agree",
     "any_rank",
     "build_accelerator",
@@ -233,6 +234,39 @@ class MetricsLog:
         clean = {k: _json_value(v) for k, v in record.items()}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(clean, sort_keys=True) + "\n")
+
+
+class ScriptLoop:
+    """Bookkeeping shared by the training scripts' loops: metrics records, checkpoints, the exports.
+
+    Subclasses set ``trainer``, ``tracker``, ``state`` (a :class:`RunState`), ``accelerator``,
+    ``config_dump``, ``start_time``, ``metrics_log`` (None: not written yet) and ``logger``, and
+    define the ``step`` property.
+    """
+
+    metrics_log: MetricsLog | None = None
+    logger: logging.Logger = logger
+
+    def log(self, values: dict[str, Any], console: bool = True) -> None:
+        """Writes one ``metrics.jsonl`` record (step, epoch, samples seen, seconds, ``values``)."""
+        record = {"step": self.step, "epoch": self.state.epoch, "samples_seen": self.state.samples_seen,
+                  "time": round(time.time() - self.start_time, 3), **values}
+        if self.metrics_log is not None:
+            self.metrics_log.write(record)
+        if console:
+            self.tracker.log(record, step=self.step)
+
+    def save(self, is_best: bool = False, is_latest: bool = True) -> None:
+        self.tracker.save(self.trainer, is_best=is_best, is_latest=is_latest, **self.state.metadata(),
+                          config=self.config_dump)
+
+    def export(self, data_path: Path, **reference_kwargs: Any) -> None:
+        """``export/`` (safetensors + JSON) and ``model.pth`` (the reference's layout); logs both."""
+        exported = self.trainer.export_model(data_path / "export")
+        reference = self.trainer.export_reference_model(data_path / "model.pth", **reference_kwargs)
+        if self.accelerator.is_main_process:
+            self.logger.info("finished at step %d: exported %s and %s", self.step, exported, reference)
+        self.log({"event": "finished", "export": str(exported), "reference_model": str(reference)}, console=False)
 
 
 def _json_value(value: Any) -> Any:
