@@ -31,17 +31,11 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dalle2_pytorch._helpers import cast_tuple, default, first
-from dalle2_pytorch.decoder.attention import LinearAttention, Residual, SelfAttention, ToSequence, check_layout
-from dalle2_pytorch.decoder.blocks import (
-    CrossEmbedLayer,
-    NearestUpsample,
-    PixelShuffleUpsample,
-    ResnetBlock,
-    UpsampleCombiner,
-    check_groups,
-    make_downsample,
-)
+from dalle2_pytorch.decoder.attention import Residual, SelfAttention, ToSequence, check_layout
+from dalle2_pytorch.decoder.blocks import CrossEmbedLayer, ResnetBlock, UpsampleCombiner, check_groups
 from dalle2_pytorch.decoder.unet_inputs import UnetInputs, keep_mask, prepare_unet_inputs, resolve_noise_level
+from dalle2_pytorch.decoder.unet_stages import StageSpec, build_down_stages, build_up_stages
+from dalle2_pytorch.diffusion.guidance import guided_forward
 from dalle2_pytorch.layers.embeddings import SinusoidalPosEmb
 
 __all__ = ["Unet"]
@@ -263,38 +257,11 @@ class Unet(nn.Module):
             else None
         )
 
-    def _stage_attention(self, dim: int, use_self_attn: bool, cosine_sim: bool, sparse_attn: bool) -> nn.Module:
-        if use_self_attn:  # keys fn.fn.*
-            return Residual(ToSequence(SelfAttention(dim, cosine_sim=cosine_sim, layout=self.layout, **self._attn_kwargs)))
-        if sparse_attn:  # keys fn.*
-            return Residual(LinearAttention(dim, layout=self.layout, **self._attn_kwargs))
-        return nn.Identity()
-
     def _build_downs(self, cross_embed: bool, cross_embed_kernel_sizes, cosine_sim: bool, sparse_attn: bool) -> None:
-        """downs.S = [0 pre-downsample | Identity, 1 init block, 2 resnets, 3 attention, 4 post-downsample]."""
-        self.downs = nn.ModuleList()
-        down = dict(layout=self.layout, cross_embed=cross_embed, cross_embed_kernel_sizes=cross_embed_kernel_sizes)
-        for s, (d_in, d_out) in enumerate(self.in_out):
-            is_first, is_last = s == 0, s == self.num_stages - 1
-            d_layer = d_out if self.memory_efficient else d_in
-            groups = self.stage_groups[s]
-            cond = None if is_first else self.cond_dim
-            pre = make_downsample(d_in, d_out, **down) if self.memory_efficient else nn.Identity()
-            post = (
-                make_downsample(d_layer, d_out, **down)
-                if not (is_last or self.memory_efficient)
-                else nn.Conv2d(d_layer, d_out, 1)
-            )
-            self.downs.append(nn.ModuleList([
-                pre,
-                ResnetBlock(d_layer, d_layer, groups=groups, **self._block_kwargs),
-                nn.ModuleList(
-                    ResnetBlock(d_layer, d_layer, cond_dim=cond, groups=groups, **self._block_kwargs)
-                    for _ in range(self.stage_num_blocks[s])
-                ),
-                self._stage_attention(d_layer, self.stage_self_attn[s], cosine_sim, sparse_attn),
-                post,
-            ]))
+        self.downs = build_down_stages(
+            self.in_out, self._stage_spec(cosine_sim, sparse_attn), layout=self.layout,
+            cross_embed=cross_embed, cross_embed_kernel_sizes=cross_embed_kernel_sizes,
+        )
 
     def _build_middle(self, cosine_sim: bool) -> None:
         mid = self.in_out[-1][1]
@@ -304,24 +271,17 @@ class Unet(nn.Module):
         self.mid_block2 = ResnetBlock(mid, mid, cond_dim=self.cond_dim, groups=groups, **self._block_kwargs)
 
     def _build_ups(self, pixel_shuffle: bool, cosine_sim: bool, sparse_attn: bool) -> None:
-        """ups.i = [0 init block, 1 resnets, 2 attention, 3 upsample | Identity], mirroring downs."""
-        self.ups = nn.ModuleList()
-        upsample = PixelShuffleUpsample if pixel_shuffle else NearestUpsample
-        self._up_fmap_dims = []
-        for i, s in enumerate(reversed(range(self.num_stages))):
-            d_in, d_out = self.in_out[s]
-            is_last = i == self.num_stages - 1
-            skip = d_out if self.memory_efficient else d_in
-            groups = self.stage_groups[s]
-            cond = None if is_last else self.cond_dim
-            block = lambda: ResnetBlock(d_out + skip, d_out, cond_dim=cond, groups=groups, **self._block_kwargs)  # noqa: E731
-            self.ups.append(nn.ModuleList([
-                block(),
-                nn.ModuleList(block() for _ in range(self.stage_num_blocks[s])),
-                self._stage_attention(d_out, self.stage_self_attn[s], cosine_sim, sparse_attn),
-                upsample(d_out, d_in) if (self.memory_efficient or not is_last) else nn.Identity(),
-            ]))
-            self._up_fmap_dims.append(d_out)
+        self.ups, self._up_fmap_dims = build_up_stages(
+            self.in_out, self._stage_spec(cosine_sim, sparse_attn), pixel_shuffle=pixel_shuffle
+        )
+
+    def _stage_spec(self, cosine_sim: bool, sparse_attn: bool) -> StageSpec:
+        return StageSpec(
+            groups=self.stage_groups, num_blocks=self.stage_num_blocks, self_attn=self.stage_self_attn,
+            cond_dim=self.cond_dim, memory_efficient=self.memory_efficient, layout=self.layout,
+            cosine_sim_self_attn=cosine_sim, sparse_attn=sparse_attn,
+            attn_kwargs=self._attn_kwargs, block_kwargs=self._block_kwargs,
+        )
 
     def _build_head(self, combine_upsample_fmaps: bool, final_conv_kernel_size: int) -> None:
         top = first(self.stage_groups)
@@ -411,13 +371,13 @@ class Unet(nn.Module):
         return self._run(inputs, image_keep, text_keep, self._use_checkpoint(disable_checkpoint))
 
     def forward_with_cond_scale(self, *args: Any, cond_scale: float = 1.0, **kwargs: Any) -> torch.Tensor:
-        """Classifier-free guidance: null + (cond − null)·cond_scale on all output channels.
+        """Classifier-free guided output (reference API): :func:`~dalle2_pytorch.diffusion.guided_forward`
+        with this network's conditional and null branches; takes `forward`'s arguments."""
+        return guided_forward(self, *args, cond_scale=cond_scale, **kwargs)
 
-        Takes `forward`'s arguments. At cond_scale 1 this is one forward pass; otherwise the
-        conditional and null branches (both drop probabilities 1) run as one batch of 2b.
-        """
-        if cond_scale == 1:
-            return self(*args, **kwargs)
+    def forward_cond_and_null(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditional output (with `forward`'s drop probabilities) and the null output (image
+        and text conditioning dropped), computed as one batch of 2b. Takes `forward`'s arguments."""
         bound = inspect.signature(self.forward).bind(*args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
@@ -436,7 +396,7 @@ class Unet(nn.Module):
             self._use_checkpoint(a["disable_checkpoint"]),
         )
         cond, null = out.chunk(2, dim=0)
-        return null + (cond - null) * cond_scale
+        return cond, null
 
     # ------------------------------------------------------------------ forward internals
 

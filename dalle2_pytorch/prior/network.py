@@ -24,39 +24,17 @@ pairs never seen in training; a small transformer alone tends to snap to the nea
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from dalle2_pytorch.diffusion.guidance import guided_forward
 from dalle2_pytorch.layers.embeddings import MLP, SinusoidalPosEmb
-from dalle2_pytorch.prior.transformer import CausalTransformer, TransformerPrefixCache, check_layout
+from dalle2_pytorch.prior.network_inputs import PriorPrefixCache, check_network_inputs, drop_probs
+from dalle2_pytorch.prior.transformer import CausalTransformer, check_layout
 
-__all__ = ["DiffusionPriorNetwork", "PriorPrefixCache"]
-
-
-@dataclass
-class PriorPrefixCache:
-    """Transformer state of the text prefix [text encodings, text embedding], reusable across steps.
-
-    The prefix precedes the timestep and noised-embedding tokens in a causal sequence, so it does
-    not depend on them. Built by :meth:`DiffusionPriorNetwork.build_prefix_cache`.
-
-    Attributes:
-        cond: the conditional prefix, one row per sample (b rows).
-        null: the unconditional prefix (all text replaced by the learned nulls), one row shared by
-            every sample; None for layout "1.1.0" (no unconditional branch).
-        text_skip: (b, dim) linear-skip term of the conditional rows (``linear_text_skip``), else None.
-    """
-
-    cond: TransformerPrefixCache
-    null: TransformerPrefixCache | None
-    text_skip: torch.Tensor | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return self.cond.batch_size
+__all__ = ["DiffusionPriorNetwork", "PriorPrefixCache"]  # PriorPrefixCache re-exported
 
 
 class _ToTokens(nn.Module):
@@ -68,22 +46,6 @@ class _ToTokens(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.n, -1))
-
-
-def _check_prob(name: str, p: float) -> float:
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {p}")
-    return p
-
-
-def _drop_probs(text_p: float, image_p: float, cond_p: float | None) -> tuple[float, float]:
-    """Resolves the 1.1.0-style `cond_drop_prob` alias into (text, image) drop probabilities."""
-    if cond_p is not None:
-        if text_p != 0.0 or image_p != 0.0:
-            raise ValueError("pass either cond_drop_prob or text_cond_drop_prob/image_cond_drop_prob, not both")
-        text_p = image_p = cond_p
-    return _check_prob("text_cond_drop_prob", text_p), _check_prob("image_cond_drop_prob", image_p)
 
 
 class DiffusionPriorNetwork(nn.Module):
@@ -214,51 +176,6 @@ class DiffusionPriorNetwork(nn.Module):
         )
 
     # ------------------------------------------------------------------ inputs
-
-    def _check_inputs(
-        self,
-        image_embed: torch.Tensor,
-        diffusion_timesteps: torch.Tensor,
-        text_embed: torch.Tensor | None,
-        text_encodings: torch.Tensor | None,
-        self_cond: torch.Tensor | None,
-        prefix_cache: "PriorPrefixCache | None" = None,
-    ) -> None:
-        d = self.dim
-        if image_embed.ndim != 2 or image_embed.shape[-1] != d:
-            raise ValueError(f"image_embed must have shape (batch, {d}), got {tuple(image_embed.shape)}")
-        b = image_embed.shape[0]
-        if text_embed is not None and (text_embed.ndim != 2 or text_embed.shape != (b, d)):
-            raise ValueError(f"text_embed must have shape ({b}, {d}), got {tuple(text_embed.shape)}")
-        if not torch.is_tensor(diffusion_timesteps) or diffusion_timesteps.shape != (b,):
-            shape = tuple(diffusion_timesteps.shape) if torch.is_tensor(diffusion_timesteps) else type(diffusion_timesteps)
-            raise ValueError(f"diffusion_timesteps must be a tensor of shape ({b},), got {shape}")
-        if not self.continuous_embedded_time and diffusion_timesteps.is_floating_point():
-            raise TypeError(
-                "this network has a learned time embedding (num_timesteps set): diffusion_timesteps must be "
-                f"an integer tensor, got {diffusion_timesteps.dtype}"
-            )
-        if text_encodings is not None and (
-            text_encodings.ndim != 3 or text_encodings.shape[0] != b or text_encodings.shape[-1] != d
-        ):
-            raise ValueError(
-                f"text_encodings must have shape ({b}, seq_len, {d}), got {tuple(text_encodings.shape)}"
-            )
-        if self_cond is not None:
-            if not self.self_cond:
-                raise ValueError("self_cond was given but the network was built with self_cond=False")
-            if self_cond.shape != (b, d):
-                raise ValueError(f"self_cond must have shape ({b}, {d}), got {tuple(self_cond.shape)}")
-        if prefix_cache is None:
-            if text_embed is None:
-                raise ValueError("text_embed is required (unless a prefix_cache is given)")
-        else:
-            if not isinstance(prefix_cache, PriorPrefixCache):
-                raise TypeError(
-                    f"prefix_cache must be a PriorPrefixCache from build_prefix_cache, got {type(prefix_cache).__name__}"
-                )
-            if prefix_cache.batch_size != b:
-                raise ValueError(f"prefix_cache was built for {prefix_cache.batch_size} rows, got a batch of {b}")
 
     def _keep_mask(self, b: int, drop_prob: float, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
         if drop_prob == 0.0:
@@ -412,7 +329,7 @@ class DiffusionPriorNetwork(nn.Module):
         image_cond_drop_prob: float = 0.0,
         cond_drop_prob: float | None = None,
         generator: torch.Generator | None = None,
-        prefix_cache: PriorPrefixCache | None = None,
+        prefix_cache: PriorPrefixCache | bool | None = None,
     ) -> torch.Tensor:
         """Predicts the network target (x0, ε or v, as the wrapper trains it).
 
@@ -435,8 +352,10 @@ class DiffusionPriorNetwork(nn.Module):
         Returns:
             (b, dim) output at the learned-query token.
         """
-        self._check_inputs(image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond, prefix_cache)
-        text_p, image_p = _drop_probs(text_cond_drop_prob, image_cond_drop_prob, cond_drop_prob)
+        if isinstance(prefix_cache, bool):
+            prefix_cache = None  # True/False only choose the guided pass's strategy
+        check_network_inputs(self, image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond, prefix_cache)
+        text_p, image_p = drop_probs(text_cond_drop_prob, image_cond_drop_prob, cond_drop_prob)
         b, device = image_embed.shape[0], image_embed.device
         if self.has_unconditional_branch:
             text_keep = self._keep_mask(b, text_p, device, generator)
@@ -455,6 +374,19 @@ class DiffusionPriorNetwork(nn.Module):
         diffusion_timesteps: torch.Tensor,
         *,
         cond_scale: float = 1.0,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Classifier-free guided output (reference API; Ho & Salimans 2022, eq. 6) through
+        :func:`~dalle2_pytorch.diffusion.guided_forward`. Other arguments as in :meth:`forward` and
+        :meth:`forward_cond_and_null`. Layout "1.1.0" has no unconditional branch: a cond_scale other
+        than 1 warns and returns the conditional output. Returns (b, dim)."""
+        return guided_forward(self, image_embed, diffusion_timesteps, cond_scale=cond_scale, **kwargs)
+
+    def forward_cond_and_null(
+        self,
+        image_embed: torch.Tensor,
+        diffusion_timesteps: torch.Tensor,
+        *,
         text_embed: torch.Tensor | None = None,
         text_encodings: torch.Tensor | None = None,
         self_cond: torch.Tensor | None = None,
@@ -463,46 +395,23 @@ class DiffusionPriorNetwork(nn.Module):
         cond_drop_prob: float | None = None,
         generator: torch.Generator | None = None,
         prefix_cache: PriorPrefixCache | bool | None = None,
-    ) -> torch.Tensor:
-        """Classifier-free guidance: null + (cond − null)·cond_scale (Ho & Salimans 2022, eq. 6).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditional output (arguments as in :meth:`forward`) and the null output (text and
+        image conditioning dropped).
 
-        The null pass drops text and image conditioning. At cond_scale == 1 only the conditional
-        pass runs. Other arguments as in :meth:`forward` (they apply to the conditional pass).
-        Layout "1.1.0" has no unconditional branch: a cond_scale other than 1 warns and returns the
-        conditional output.
-
-        `prefix_cache`: a :class:`PriorPrefixCache` to reuse; None (default) splits the guided pass
-        at the text prefix in eval mode (the null prefix, the same for every row, is computed
-        once); False runs the plain full-sequence passes (conditional and null as one batch of 2b).
+        `prefix_cache`: a :class:`PriorPrefixCache` to reuse; None (default) splits the pass at the
+        text prefix in eval mode (the null prefix, the same for every row, is computed once, and when
+        the null branch is the same for every row it is computed for one row and broadcasts); False
+        runs the plain full-sequence passes (conditional and null as one batch of 2b).
 
         Returns:
-            (b, dim).
+            cond (b, dim) and null (b, dim) or (1, dim).
         """
-        kwargs = dict(
-            text_embed=text_embed,
-            text_encodings=text_encodings,
-            self_cond=self_cond,
-            text_cond_drop_prob=text_cond_drop_prob,
-            image_cond_drop_prob=image_cond_drop_prob,
-            cond_drop_prob=cond_drop_prob,
-            generator=generator,
-        )
-        cache = prefix_cache if isinstance(prefix_cache, PriorPrefixCache) else None
         if prefix_cache is not None and not isinstance(prefix_cache, (PriorPrefixCache, bool)):
             raise TypeError(f"prefix_cache must be a PriorPrefixCache, a bool or None, got {type(prefix_cache).__name__}")
-        if cond_scale == 1:
-            return self.forward(image_embed, diffusion_timesteps, **kwargs, prefix_cache=cache)
-        if not self.has_unconditional_branch:
-            warnings.warn(
-                f"cond_scale={cond_scale} has no effect: 1.1.0-layout priors have no unconditional "
-                "branch (their conditioning dropout never reached the transformer)",
-                UserWarning,
-                stacklevel=2,
-            )
-            return self.forward(image_embed, diffusion_timesteps, **kwargs, prefix_cache=cache)
-
-        self._check_inputs(image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond, cache)
-        text_p, image_p = _drop_probs(text_cond_drop_prob, image_cond_drop_prob, cond_drop_prob)
+        cache = prefix_cache if isinstance(prefix_cache, PriorPrefixCache) else None
+        check_network_inputs(self, image_embed, diffusion_timesteps, text_embed, text_encodings, self_cond, cache)
+        text_p, image_p = drop_probs(text_cond_drop_prob, image_cond_drop_prob, cond_drop_prob)
         b, device = image_embed.shape[0], image_embed.device
         text_keep = self._keep_mask(b, text_p, device, generator)
         image_keep = self._keep_mask(b, image_p, device, generator)
@@ -519,7 +428,7 @@ class DiffusionPriorNetwork(nn.Module):
                 null = self._forward_cached(image_embed[:1], t[:1], None, null_cache, drop[:1], drop[:1])
             else:
                 null = self._forward_cached(image_embed, t, self_cond, null_cache, drop, drop)
-            return null + (cond - null) * cond_scale
+            return cond, null
 
         def twice(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else torch.cat((x, x), dim=0)
@@ -533,5 +442,4 @@ class DiffusionPriorNetwork(nn.Module):
             torch.cat((text_keep, drop)),
             torch.cat((image_keep, drop)),
         )
-        cond, null = out[:b], out[b:]
-        return null + (cond - null) * cond_scale
+        return out[:b], out[b:]
