@@ -21,7 +21,10 @@ from dalle2_pytorch.clip_adapters.open_clip_adapter import (
 )
 from dalle2_pytorch.clip_adapters.openai_adapter import OpenAIClipAdapter
 from dalle2_pytorch.clip_adapters.tokenizer import SimpleTokenizer
+from dalle2_pytorch.clip_adapters.word_tokenizer import WordTokenizer
+from dalle2_pytorch.clip_adapters.wrap import wrap_clip
 from dalle2_pytorch.clip_adapters.x_clip_adapter import XClipAdapter
+from dalle2_pytorch.clip_adapters.x_clip_folder import is_clip_folder, load_clip, save_clip
 
 __all__ = [
     "CLIP_ADAPTER_MAKES",
@@ -31,9 +34,14 @@ __all__ = [
     "OpenAIClipAdapter",
     "OpenClipAdapter",
     "SimpleTokenizer",
+    "WordTokenizer",
     "XClipAdapter",
     "build_clip_adapter",
+    "is_clip_folder",
+    "load_clip",
     "load_clip_state_dict",
+    "save_clip",
+    "wrap_clip",
 ]
 
 CLIP_ADAPTER_MAKES = ("openai", "open_clip", "x-clip", "coca")
@@ -67,8 +75,8 @@ def build_clip_adapter(
         base_model_kwargs: x-clip `CLIP(**kwargs)` arguments; open_clip config overrides for
             'openai'/'open_clip'.
             For 'x-clip', `model` may instead name a folder saved by
-            `dalle2_pytorch.demo.train_clip.save_clip` (`clip_config.json` + `clip.safetensors`,
-            tokenizer included), which is loaded whole.
+            :func:`~dalle2_pytorch.clip_adapters.x_clip_folder.save_clip` (`clip_config.json` +
+            `clip.safetensors`, tokenizer included), which is loaded whole.
         **kwargs: forwarded to the adapter constructor (e.g. `device`, `precision`).
 
     Raises:
@@ -92,8 +100,6 @@ def build_clip_adapter(
         from x_clip import CLIP
 
         if model and os.path.isdir(os.fspath(model)):
-            from dalle2_pytorch.demo.train_clip import load_clip
-
             clip, tokenizer = load_clip(model)
             return XClipAdapter(clip, tokenizer=tokenizer, **kwargs)
 

@@ -115,6 +115,7 @@ def _stitch(parts: list[tuple[Any, list[int]]]):
         learned_variance=[s.learned_variance for s in stages],
         p2_loss_weight_gamma=[s.p2_loss_weight_gamma for s in stages],
         random_crop_sizes=[None] + [s.random_crop_size for s in stages[1:]],
+        sampler=[s.sampler for s in stages],
         image_cond_drop_prob=first.image_cond_drop_prob,
         text_cond_drop_prob=first.text_cond_drop_prob,
         learned_variance_constrain_frac=first.learned_variance_constrain_frac,
@@ -187,9 +188,9 @@ def load_decoder(
         decoder = _stitch(parts)
         decoder.config = None
     if clip is not None:
-        from dalle2_pytorch.prior.diffusion_prior import _wrap_clip
+        from dalle2_pytorch.clip_adapters import wrap_clip
 
-        decoder.clip = _wrap_clip(clip, {})
+        decoder.clip = wrap_clip(clip, {})
         decoder.clip.requires_grad_(False)
         if clip_state:
             decoder.clip.load_state_dict({k[len("clip.") :]: v for k, v in clip_state.items()}, strict=strict)

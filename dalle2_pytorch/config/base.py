@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Layout",
     "LossType",
     "BetaSchedule",
+    "SamplerName",
     "constructor_kwargs",
     "is_local_path",
     "check_paths_exist",
@@ -49,6 +50,17 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 Layout = Literal["1.15.6", "1.1.0"]
 LossType = Literal["l1", "l2", "huber"]
 BetaSchedule = Literal["cosine", "linear", "quadratic", "jsd", "sigmoid"]
+
+
+def _check_sampler_name(value: str) -> str:
+    from dalle2_pytorch.diffusion import get_sampler
+
+    get_sampler(value)  # ValueError listing the registered names
+    return value
+
+
+SamplerName = Annotated[str, AfterValidator(_check_sampler_name)]
+"""A name in the sampler registry (`dalle2_pytorch.diffusion.sampler_names()`)."""
 
 
 class LegacyConfigKeyWarning(UserWarning):

@@ -22,6 +22,7 @@ from .base import (
     PositiveFloat,
     PositiveInt,
     Probability,
+    SamplerName,
     StrictModel,
     check_paths_exist,
     constructor_kwargs,
@@ -133,6 +134,9 @@ class DecoderConfig(StrictModel):
     lowres_downsample_mode: Literal["antialias", "nearest"] = "antialias"
     """(Extension) how training targets / low-res conditions are downsampled: 'antialias', or
     'nearest' as the reference did (e.g. to fine-tune a LAION upsampler)."""
+    sampler: SamplerName | tuple[SamplerName | None, ...] | None = None
+    """(Extension) default sampler, one or one per unet (`dalle2_pytorch.diffusion.sampler_names()`);
+    None: the reference's rule, DDPM at `timesteps` steps and DDIM with fewer."""
 
     @model_validator(mode="after")
     def _check_sizes(self) -> DecoderConfig:

@@ -21,6 +21,7 @@ from .base import (
     PositiveFloat,
     PositiveInt,
     Probability,
+    SamplerName,
     StrictModel,
     check_paths_exist,
     constructor_kwargs,
@@ -136,6 +137,9 @@ class DiffusionPriorConfig(StrictModel):
     """Extra keyword arguments for x-clip / CoCa adapters."""
     ddim_sampling_eta: NonNegativeFloat = 1.0
     """(Extension) DDIM eta when `sample_timesteps` < `timesteps` (the reference fixed it at 1)."""
+    sampler: SamplerName | None = None
+    """(Extension) default sampler (`dalle2_pytorch.diffusion.sampler_names()`); None: the reference's
+    rule, DDPM at `timesteps` steps and DDIM with fewer."""
 
     @model_validator(mode="after")
     def _check_consistency(self) -> DiffusionPriorConfig:

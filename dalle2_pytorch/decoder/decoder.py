@@ -6,47 +6,37 @@ optionally on the caption's text encodings, followed by diffusion upsamplers con
 previous stage's image. Classifier-free guidance is trained by dropping the image embedding 10% and
 the text 50% of the time.
 
-Per-Unet settings live in one :class:`DecoderStage` per stage. The constructor keeps the reference
-1.15.6 signature, where per-Unet options are given as scalars or tuples, and converts once.
-Sampling (the cascade, guidance, DDPM/DDIM through the shared samplers, inpainting) is in
-`decoder/sampling.py`.
+The constructor keeps the reference 1.15.6 signature, where per-Unet options are scalars or tuples
+(`decoder/construction.py` expands them once into one `StageSettings` per stage). The modules are
+registered under the reference's state-dict keys (`unets.N`, `noise_schedulers.N`, `lowres_conds.N`);
+`decoder.stages` gives one :class:`~dalle2_pytorch.decoder.stage.DecoderStage` per Unet over them,
+which owns the stage's training loss, denoiser and sampling. The decoder iterates the stages.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Sequence
+import contextlib
+import importlib
+from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from dalle2_pytorch._helpers import cast_tuple, default
+from dalle2_pytorch._helpers import default
+from dalle2_pytorch.clip_adapters.wrap import wrap_clip
+from dalle2_pytorch.decoder.construction import build_stage_settings, cast_unet, per_stage, resolve_image_sizes
 from dalle2_pytorch.decoder.lowres import LowresConditioner, resize_image_to
-from dalle2_pytorch.decoder.sampling import DecoderSamplingMixin
-from dalle2_pytorch.decoder.stage import DecoderStage
+from dalle2_pytorch.decoder.stage import DecoderStage, StageSettings
 from dalle2_pytorch.decoder.unet import Unet
-from dalle2_pytorch.diffusion import NoiseScheduler, mean_flat, objective_from_flags, variational_bound_bits
-from dalle2_pytorch.prior.diffusion_prior import _wrap_clip
-from dalle2_pytorch.rng import rand_tensor, randn_tensor
+from dalle2_pytorch.diffusion import Inpaint, NoiseScheduler, check_cond_scale, dynamic_threshold, static_threshold
+from dalle2_pytorch.progress import ProgressBar, progress_enabled
+from dalle2_pytorch.rng import rand_tensor
 
 __all__ = ["Decoder"]
 
 
-def _per_unet(value: Any, n: int, name: str, fill: Any = None) -> tuple:
-    """A scalar repeated n times, or a sequence of length <= n padded with `fill` (if given)."""
-    if isinstance(value, (list, tuple)):
-        value = tuple(value)
-        if fill is not None and len(value) < n:
-            value = value + (fill,) * (n - len(value))
-        if len(value) != n:
-            raise ValueError(f"{name} has {len(value)} values but the decoder has {n} unets")
-        return value
-    if fill is not None:
-        return (value,) + (fill,) * (n - 1)
-    return (value,) * n
-
-
-class Decoder(DecoderSamplingMixin, nn.Module):
+class Decoder(nn.Module):
     """The cascaded diffusion decoder (reference-compatible constructor; see reference-inventory §1.5).
 
     Args (main ones):
@@ -61,8 +51,11 @@ class Decoder(DecoderSamplingMixin, nn.Module):
         use_blur_for_lowres_cond, use_noise_for_lowres_cond, blur_*, lowres_noise_sample_level,
             lowres_downsample_first: low-resolution conditioning of upsamplers.
         use_dynamic_thres, dynamic_thres_percentile: Imagen dynamic thresholding of x_0.
-        ddim_sampling_eta: eta for stages sampled with fewer steps than they were trained with.
+        ddim_sampling_eta: DDIM's eta (DDIM is used for stages sampled with fewer steps than T
+            unless a sampler is named).
         lowres_downsample_mode: 'antialias' (default) or 'nearest' (reference) downsampling.
+        sampler: default sampler name, one or one per Unet (extension; None keeps the reference's
+            rule: DDPM at T steps, DDIM with fewer).
     Latent (VQGAN) stages are not supported: `vae` must be empty.
     """
 
@@ -106,6 +99,7 @@ class Decoder(DecoderSamplingMixin, nn.Module):
         p2_loss_weight_k: float = 1,
         ddim_sampling_eta: float = 0.0,
         lowres_downsample_mode: str = "antialias",
+        sampler: str | None | Sequence[str | None] = None,
     ):
         super().__init__()
         if len(tuple(vae)) > 0:
@@ -115,50 +109,32 @@ class Decoder(DecoderSamplingMixin, nn.Module):
             raise TypeError("unet must be a dalle2_pytorch Unet or a non-empty sequence of Unets")
         n = len(unets)
         self.unconditional = unconditional
-        self.clip = None if unconditional else _wrap_clip(clip, dict(clip_adapter_overrides or {}))
+        self.clip = None if unconditional else wrap_clip(clip, dict(clip_adapter_overrides or {}))
         if self.clip is not None:
             self.clip.requires_grad_(False)
         self.channels = channels
-
-        sizes = self._resolve_image_sizes(image_size, image_sizes, n)
-        timesteps_t = _per_unet(timesteps, n, "timesteps")
-        schedules = _per_unet(beta_schedule, n, "beta_schedule") if beta_schedule is not None else (
-            ("cosine",) * (n - 1) + ("linear",) if n > 1 else ("cosine",)
+        self.stage_settings: tuple[StageSettings, ...] = build_stage_settings(
+            n,
+            image_sizes=resolve_image_sizes(image_size, image_sizes, n, self.clip),
+            channels=channels, timesteps=timesteps, sample_timesteps=sample_timesteps, beta_schedule=beta_schedule,
+            predict_x_start=predict_x_start, predict_v=predict_v, learned_variance=learned_variance,
+            p2_loss_weight_gamma=p2_loss_weight_gamma, random_crop_sizes=random_crop_sizes, sampler=sampler,
+            ddim_sampling_eta=ddim_sampling_eta, clip_denoised=clip_denoised, use_dynamic_thres=use_dynamic_thres,
+            dynamic_thres_percentile=dynamic_thres_percentile,
+            learned_variance_constrain_frac=learned_variance_constrain_frac, vb_loss_weight=vb_loss_weight,
+            lowres_noise_sample_level=lowres_noise_sample_level,
         )
-        objectives = [objective_from_flags(x, v) for x, v in zip(
-            _per_unet(predict_x_start, n, "predict_x_start"), _per_unet(predict_v, n, "predict_v"))]
-        learned = _per_unet(learned_variance, n, "learned_variance", fill=False)
-        crops = _per_unet(random_crop_sizes, n, "random_crop_sizes")
-        if crops[0] is not None:
-            raise ValueError("random_crop_sizes must be None for the first unet")
-        self.stages: tuple[DecoderStage, ...] = tuple(
-            DecoderStage(
-                index=i,
-                image_size=sizes[i],
-                timesteps=int(timesteps_t[i]),
-                sample_timesteps=_per_unet(sample_timesteps, n, "sample_timesteps")[i],
-                beta_schedule=schedules[i],
-                objective=objectives[i],
-                learned_variance=bool(learned[i]),
-                p2_loss_weight_gamma=float(_per_unet(p2_loss_weight_gamma, n, "p2_loss_weight_gamma")[i]),
-                random_crop_size=crops[i],
-                lowres_cond=i > 0,
-            )
-            for i in range(n)
+        # the modules, under the reference's state-dict keys
+        self.unets = nn.ModuleList(
+            cast_unet(u, s, lowres_noise=use_noise_for_lowres_cond, unconditional=unconditional, clip=self.clip)
+            for u, s in zip(unets, self.stage_settings)
         )
-        for stage in self.stages:
-            if stage.sample_timesteps is not None and not 1 <= stage.sample_timesteps <= stage.timesteps:
-                raise ValueError(
-                    f"unet {stage.unet_number}: sample_timesteps must be in [1, {stage.timesteps}], got {stage.sample_timesteps}"
-                )
-
-        self.unets = nn.ModuleList(self._cast_unet(u, s, use_noise_for_lowres_cond) for u, s in zip(unets, self.stages))
         self.noise_schedulers = nn.ModuleList(
             NoiseScheduler(
                 beta_schedule=s.beta_schedule, timesteps=s.timesteps, loss_type=loss_type,
                 p2_loss_weight_gamma=s.p2_loss_weight_gamma, p2_loss_weight_k=p2_loss_weight_k,
             )
-            for s in self.stages
+            for s in self.stage_settings
         )
         self.lowres_conds = nn.ModuleList(
             LowresConditioner(
@@ -166,8 +142,9 @@ class Decoder(DecoderSamplingMixin, nn.Module):
                 blur_sigma=blur_sigma, blur_kernel_size=blur_kernel_size, use_noise=use_noise_for_lowres_cond,
                 downsample_mode=lowres_downsample_mode,
             ) if s.lowres_cond else nn.Identity()
-            for s in self.stages
+            for s in self.stage_settings
         )
+        # decoder-wide settings (the reference's attributes; each stage holds its own copy)
         self.lowres_downsample_mode = lowres_downsample_mode
         self.lowres_noise_sample_level = lowres_noise_sample_level
         self.image_cond_drop_prob = image_cond_drop_prob
@@ -183,55 +160,19 @@ class Decoder(DecoderSamplingMixin, nn.Module):
         self.ddim_sampling_eta = ddim_sampling_eta
         self.config: dict | None = None
 
-    # ------------------------------------------------------------------------------ construction
-    def _resolve_image_sizes(self, image_size, image_sizes, n) -> tuple[int, ...]:
-        if image_size is not None and image_sizes is not None:
-            raise ValueError("give either image_size or image_sizes, not both")
-        if image_sizes is None:
-            if image_size is None:
-                if self.clip is None:
-                    raise ValueError("the decoder needs image_size or image_sizes (or a clip to take the size from)")
-                image_size = self.clip.image_size
-            if n > 1:
-                raise ValueError(f"a cascade of {n} unets needs image_sizes, one size per unet")
-            image_sizes = (image_size,)
-        sizes = tuple(int(s) for s in image_sizes)
-        if len(sizes) != n:
-            raise ValueError(f"image_sizes has {len(sizes)} sizes but there are {n} unets")
-        if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
-            raise ValueError(f"image_sizes must be positive and strictly increasing, got {list(sizes)}")
-        return sizes
-
-    def _cast_unet(self, unet: Unet, stage: DecoderStage, lowres_noise: bool) -> Unet:
-        first = stage.index == 0
-        wanted = dict(
-            lowres_cond=not first,
-            lowres_noise_cond=(not first) and lowres_noise,
-            channels=self.channels,
-            channels_out=self.channels * (2 if stage.learned_variance else 1),
-            cond_on_image_embeds=first and not self.unconditional,
-            cond_on_text_encodings=(not self.unconditional) and bool(unet.cond_on_text_encodings),
+    # ------------------------------------------------------------------------------------ stages
+    @property
+    def stages(self) -> tuple[DecoderStage, ...]:
+        """One :class:`DecoderStage` per Unet, over the registered modules (built on each access)."""
+        return tuple(
+            DecoderStage(s, u, ns, lc)
+            for s, u, ns, lc in zip(self.stage_settings, self.unets, self.noise_schedulers, self.lowres_conds)
         )
-        if wanted["cond_on_image_embeds"] and unet.image_embed_dim is None:
-            if self.clip is None:
-                raise ValueError(
-                    f"unet {stage.unet_number} is conditioned on image embeddings: give it image_embed_dim "
-                    "(or attach a clip to the decoder)"
-                )
-            wanted["image_embed_dim"] = self.clip.dim_latent
-        cast = unet.cast_model_parameters(**wanted)
-        # a fresh Unet has a zero-initialised output conv: rebuilding it loses nothing
-        fresh = all(not p.any() for p in unet.to_out.parameters()) if hasattr(unet, "to_out") else False
-        if cast is not unet and not fresh:
-            warnings.warn(
-                f"unet {stage.unet_number} was rebuilt with {wanted} to fit its place in the decoder; its weights "
-                "were re-initialised (build it with these settings to keep its weights)",
-                UserWarning,
-                stacklevel=3,
-            )
-        return cast
 
-    # ------------------------------------------------------------------------------------ basics
+    def stage(self, unet_number: int | None) -> DecoderStage:
+        """The stage of a 1-based `unet_number` (may be None with a single Unet)."""
+        return self.stages[self.stage_index(unet_number)]
+
     @property
     def num_unets(self) -> int:
         return len(self.unets)
@@ -242,11 +183,11 @@ class Decoder(DecoderSamplingMixin, nn.Module):
 
     @property
     def image_sizes(self) -> tuple[int, ...]:
-        return tuple(s.image_size for s in self.stages)
+        return tuple(s.image_size for s in self.stage_settings)
 
     @property
     def image_size(self) -> int:
-        return self.stages[-1].image_size
+        return self.stage_settings[-1].image_size
 
     @property
     def condition_on_text_encodings(self) -> bool:
@@ -264,7 +205,7 @@ class Decoder(DecoderSamplingMixin, nn.Module):
             if self.num_unets > 1:
                 raise ValueError(f"unet_number must be given (1..{self.num_unets}) when the decoder has several unets")
             return 0
-        if not isinstance(unet_number, int) or not 1 <= unet_number <= self.num_unets:
+        if isinstance(unet_number, bool) or not isinstance(unet_number, int) or not 1 <= unet_number <= self.num_unets:
             raise ValueError(f"unet_number must be in 1..{self.num_unets}, got {unet_number!r}")
         return unet_number - 1
 
@@ -276,6 +217,12 @@ class Decoder(DecoderSamplingMixin, nn.Module):
 
     def unnormalize_img(self, x: torch.Tensor) -> torch.Tensor:
         return (x + 1) * 0.5 if self.auto_normalize_img else x
+
+    def dynamic_threshold(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's x_0 post-processing (reference API): dynamic (Imagen) or a clamp to [-1, 1]."""
+        if self.use_dynamic_thres:
+            return dynamic_threshold(x, self.dynamic_thres_percentile)
+        return static_threshold(x)
 
     def _require_clip(self, what: str):
         if self.clip is None:
@@ -341,8 +288,8 @@ class Decoder(DecoderSamplingMixin, nn.Module):
             The scalar loss (and the low-res conditioning image in [-1, 1] if requested).
         """
         index = self.stage_index(unet_number)
-        stage, unet = self.stages[index], self.unets[index]
-        ns = self.noise_schedulers[index]
+        stage = self.stages[index]
+        unet = stage.unet
         self._check_image(image)
         b = image.shape[0]
         image_embed, text_encodings = self._conditioning(
@@ -350,9 +297,9 @@ class Decoder(DecoderSamplingMixin, nn.Module):
         )
         lowres_img = noise_levels = None
         if stage.lowres_cond:
-            lowres_img, noise_levels = self.lowres_conds[index](
+            lowres_img, noise_levels = stage.lowres_conditioner(
                 image, target_image_size=stage.image_size,
-                downsample_image_size=self.stages[index - 1].image_size, generator=generator,
+                downsample_image_size=self.stage_settings[index - 1].image_size, generator=generator,
             )
         target = resize_image_to(image, stage.image_size, downsample_mode=self.lowres_downsample_mode)
         if stage.random_crop_size is not None:
@@ -363,6 +310,16 @@ class Decoder(DecoderSamplingMixin, nn.Module):
             lowres_cond_img=lowres_img, lowres_noise_level=noise_levels, generator=generator,
         )
         return (loss, lowres_img) if return_lowres_cond_image else loss
+
+    @staticmethod
+    def _random_crop(target, lowres, size, generator):
+        h, w = target.shape[-2:]
+        if size > min(h, w):
+            raise ValueError(f"random crop size {size} is larger than the stage's image {h}x{w}")
+        top = int(rand_tensor((), generator=generator).item() * (h - size + 1))
+        left = int(rand_tensor((), generator=generator).item() * (w - size + 1))
+        crop = lambda x: x if x is None else x[..., top : top + size, left : left + size]
+        return crop(target), crop(lowres)
 
     @staticmethod
     def _random_crop(target, lowres, size, generator):
@@ -385,41 +342,157 @@ class Decoder(DecoderSamplingMixin, nn.Module):
         lowres_noise_level=None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Simple loss (+ VB term for learned variance) for normalised images x_start (b, c, s, s)."""
-        stage, unet, ns = self.stages[index], self.unets[index], self.noise_schedulers[index]
-        b = x_start.shape[0]
-        t = ns.sample_random_times(b, device=x_start.device, generator=generator)
-        noise = randn_tensor(x_start.shape, generator=generator, device=x_start.device, dtype=x_start.dtype)
-        x_t = ns.q_sample(x_start, t, noise)
+        """Loss of stage `index` (0-based) for normalised images x_start (b, c, s, s)."""
         cond = dict(image_embed=image_embed, text_encodings=text_encodings, lowres_cond_img=lowres_cond_img,
                     lowres_noise_level=lowres_noise_level)
-
-        self_cond = None
-        if unet.self_cond and rand_tensor((), generator=generator).item() < 0.5:
-            with torch.no_grad():
-                out = unet(x_t, t, **cond, generator=generator)
-                pred = out[:, : self.channels] if stage.learned_variance else out
-                self_cond = stage.objective.to_x_start(ns, x_t, t, pred)
-                if self.clip_denoised:  # as sampling feeds it back (thresholded)
-                    self_cond = self.dynamic_threshold(self_cond)
-                self_cond = self_cond.detach()
-
-        out = unet(
-            x_t, t, **cond, self_cond=self_cond, generator=generator,
-            image_cond_drop_prob=self.image_cond_drop_prob, text_cond_drop_prob=self.text_cond_drop_prob,
+        return self.stages[index].loss(
+            x_start, cond, image_cond_drop_prob=self.image_cond_drop_prob,
+            text_cond_drop_prob=self.text_cond_drop_prob, generator=generator,
         )
-        pred, var_values = (out[:, : self.channels], out[:, self.channels :]) if stage.learned_variance else (out, None)
-        target = stage.objective.target(ns, x_start, t, noise)
-        loss = mean_flat(ns.loss_fn(pred, target, reduction="none"))
-        loss = ns.p2_reweigh_loss(loss, t).mean()
-        if var_values is None:
-            return loss
-        # hybrid loss (improved DDPM sec. 3.1): the VB term trains only the variance (mean detached)
-        x0 = stage.objective.to_x_start(ns, x_t, t, pred.detach())
-        model_mean, _, _ = ns.q_posterior(x0, x_t, t)
-        log_var = ns.learned_log_variance(var_values, t, constrain_frac=self.learned_variance_constrain_frac)
-        vb = variational_bound_bits(ns, x_start=x_start, x_t=x_t, t=t, model_mean=model_mean, model_log_variance=log_var)
-        return loss + self.vb_loss_weight * vb.mean()
+
+    # ---------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def p_mean_variance(
+        self,
+        unet_number: int,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        image_embed: torch.Tensor | None = None,
+        text_encodings: torch.Tensor | None = None,
+        lowres_cond_img: torch.Tensor | None = None,
+        lowres_noise_level: torch.Tensor | None = None,
+        cond_scale: float = 1.0,
+        clip_denoised: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """One DDPM step's distribution p(x_{t-1} | x_t) for stage `unet_number`: a dict with
+        `model_mean`, `posterior_variance`, `posterior_log_variance` and `x_start`."""
+        cond = dict(image_embed=image_embed, text_encodings=text_encodings, lowres_cond_img=lowres_cond_img,
+                    lowres_noise_level=lowres_noise_level)
+        return self.stage(unet_number).p_mean_variance(x, t, cond, cond_scale, clip_denoised)
+
+    @contextlib.contextmanager
+    def one_unet_in_gpu(self, unet_number: int | None = None, unet=None):
+        """Keeps only one Unet on the accelerator while the block runs (others wait on the CPU).
+
+        On a CPU-only decoder this does nothing. Device-agnostic: uses the decoder's current device.
+        """
+        device = self.device
+        if device.type == "cpu":
+            yield
+            return
+        index = self.stage_index(unet_number) if unet is None else list(self.unets).index(unet)
+        others = [u for i, u in enumerate(self.unets) if i != index]
+        for u in others:
+            u.to("cpu")
+        try:
+            yield
+        finally:
+            for u in others:
+                u.to(device)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        image: torch.Tensor | None = None,
+        image_embed: torch.Tensor | None = None,
+        text: torch.Tensor | Sequence[str] | None = None,
+        text_encodings: torch.Tensor | None = None,
+        batch_size: int = 1,
+        cond_scale: float | Sequence[float] = 1.0,
+        start_at_unet_number: int = 1,
+        stop_at_unet_number: int | None = None,
+        distributed: bool = False,
+        inpaint_image: torch.Tensor | None = None,
+        inpaint_mask: torch.Tensor | None = None,
+        inpaint_resample_times: int = 5,
+        one_unet_in_gpu_at_time: bool = True,
+        *,
+        generator: torch.Generator | None = None,
+        steps: int | Sequence[int | None] | None = None,
+        sampler: str | Sequence[str | None] | None = None,
+        timesteps: int | Sequence[int | None] | None = None,
+        callback: Callable | None = None,
+        progress: bool | None = False,
+    ) -> torch.Tensor:
+        """Runs the cascade and returns images (b, c, s, s) in [0, 1].
+
+        Args:
+            image: the previous stage's output in [0, 1], needed when `start_at_unet_number` > 1.
+            image_embed: (b, d) CLIP image embeddings (required unless unconditional).
+            text, text_encodings: text conditioning for text-conditioned Unets.
+            batch_size: batch size of unconditional decoders.
+            cond_scale: classifier-free guidance scale, one value or one per Unet.
+            start_at_unet_number, stop_at_unet_number: run part of the cascade.
+            inpaint_image: (b, c, h, w) in [0, 1]; inpaint_mask: (b, h, w) bool, True = keep.
+            inpaint_resample_times: RePaint resampling count per step.
+            generator: noise source (same seed, same images).
+            steps: sampling steps, one value or one per Unet (default: each stage's
+                `sample_timesteps`, else T). `timesteps` is accepted as an alias.
+            sampler: sampler name, one or one per Unet (default: each stage's `sampler`, else DDPM at
+                T steps and DDIM with fewer). See `dalle2_pytorch.diffusion.sampler_names()`.
+            callback: progress callback `(stage_index, step, num_steps)`.
+            progress: show a progress bar per stage (None: when stderr is a terminal).
+        """
+        n = self.num_unets
+        stop = default(stop_at_unet_number, n)
+        if not 1 <= start_at_unet_number <= stop <= n:
+            raise ValueError(f"need 1 <= start_at_unet_number ({start_at_unet_number}) <= stop_at_unet_number ({stop}) <= {n}")
+        if steps is not None and timesteps is not None:
+            raise ValueError("give either steps or its alias timesteps, not both")
+        scales = tuple(check_cond_scale(s) for s in per_stage(cond_scale, n, "cond_scale"))
+        steps_per_stage = per_stage(default(steps, timesteps), n, "steps")
+        samplers = per_stage(sampler, n, "sampler")
+        if any(s != 1 for s in scales[start_at_unet_number - 1 : stop]) and not self.can_classifier_guidance:
+            raise ValueError("cond_scale != 1 needs a decoder trained with conditioning dropout")
+        if image_embed is not None:
+            batch_size = image_embed.shape[0]
+        elif not self.unconditional and self.unets[start_at_unet_number - 1].cond_on_image_embeds:
+            raise ValueError("sample needs image_embed (batch, dim) for a conditional decoder")
+        if start_at_unet_number > 1:
+            if image is None:
+                raise ValueError("start_at_unet_number > 1 needs `image`, the previous stage's output in [0, 1]")
+            self._check_image(image, "image")
+            batch_size = image.shape[0]
+        if inpaint_image is not None or inpaint_mask is not None:
+            self._check_inpaint(inpaint_image, inpaint_mask, batch_size)
+
+        img = image
+        for stage in self.stages[start_at_unet_number - 1 : stop]:
+            index = stage.index
+            ie, te = self._conditioning(stage, stage.unet, image=None, text=text, image_embed=image_embed,
+                                        text_encodings=text_encodings, batch=batch_size)
+            cond = dict(image_embed=ie, text_encodings=te)
+            if stage.lowres_cond:
+                cond.update(stage.lowres_condition(img, generator=generator))
+            inpaint = None
+            if inpaint_image is not None:
+                mask = F.interpolate(inpaint_mask[:, None].float(), size=(stage.image_size,) * 2, mode="nearest")
+                known = self.normalize_img(resize_image_to(inpaint_image, stage.image_size, downsample_mode=self.lowres_downsample_mode))
+                inpaint = Inpaint(image=known.to(self.device), mask=mask.to(self.device), resample_times=inpaint_resample_times)
+            _, num_steps, _ = stage.resolve_sampling(samplers[index], steps_per_stage[index])
+            stage_callback = None if callback is None else (lambda i, num, t, x, x0, _s=index: callback(_s, i, num))
+            context = self.one_unet_in_gpu(index + 1) if one_unet_in_gpu_at_time else contextlib.nullcontext()
+            with context, ProgressBar(num_steps, f"decoder unet {index + 1}", enabled=progress_enabled(progress),
+                                      then=stage_callback) as bar:
+                x = stage.sample(
+                    batch_size, cond, cond_scale=scales[index], sampler=samplers[index], steps=num_steps,
+                    generator=generator, device=self.device, inpaint=inpaint, callback=bar.callback,
+                )
+            img = self.unnormalize_img(x).clamp(0.0, 1.0)
+        return img
+
+    def _check_inpaint(self, inpaint_image, inpaint_mask, batch_size):
+        if inpaint_image is None or inpaint_mask is None:
+            raise ValueError("inpainting needs both inpaint_image and inpaint_mask")
+        self._check_image(inpaint_image, "inpaint_image")
+        if inpaint_mask.ndim != 3 or inpaint_mask.shape != (inpaint_image.shape[0], *inpaint_image.shape[-2:]):
+            raise ValueError(
+                f"inpaint_mask must have shape {(inpaint_image.shape[0], *inpaint_image.shape[-2:])} "
+                f"(batch, height, width) to match inpaint_image, got {tuple(inpaint_mask.shape)}"
+            )
+        if inpaint_image.shape[0] != batch_size:
+            raise ValueError(f"inpaint_image batch ({inpaint_image.shape[0]}) != sampling batch ({batch_size})")
 
     # ------------------------------------------------------------------------------- checkpoints
     @classmethod
@@ -429,6 +502,6 @@ class Decoder(DecoderSamplingMixin, nn.Module):
         `path` may be a list of files to stitch Unets from several checkpoints into one cascade.
         See :func:`dalle2_pytorch.compat.decoder_loading.load_decoder`.
         """
-        from dalle2_pytorch.compat.decoder_loading import load_decoder
-
-        return load_decoder(path, config, clip=clip, map_location=map_location, strict=strict)
+        # loading lives above the models (compat/); imported by name so the models never import it
+        loading = importlib.import_module("dalle2_pytorch.compat.decoder_loading")
+        return loading.load_decoder(path, config, clip=clip, map_location=map_location, strict=strict)

@@ -41,7 +41,8 @@ from dalle2_pytorch.layers.embeddings import SinusoidalPosEmb
 __all__ = ["Unet"]
 
 _CASTABLE = (
-    "lowres_cond", "lowres_noise_cond", "channels", "channels_out", "cond_on_image_embeds", "cond_on_text_encodings"
+    "lowres_cond", "lowres_noise_cond", "channels", "channels_out", "cond_on_image_embeds", "cond_on_text_encodings",
+    "image_embed_dim",
 )
 
 
@@ -315,7 +316,7 @@ class Unet(nn.Module):
         """Returns self if the given flags already match, else a NEW, freshly initialised Unet with
         the same configuration and the flags changed (the reference's behaviour; weights are not
         carried over). Accepted: lowres_cond, lowres_noise_cond, channels, channels_out,
-        cond_on_image_embeds, cond_on_text_encodings."""
+        cond_on_image_embeds, cond_on_text_encodings, image_embed_dim."""
         unknown = sorted(set(changes) - set(_CASTABLE))
         if unknown:
             raise TypeError(f"cast_model_parameters got unexpected argument(s): {', '.join(unknown)}")

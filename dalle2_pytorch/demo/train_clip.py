@@ -8,11 +8,8 @@ than x-clip's ViT at this budget (zero-shot shape accuracy on seen pairs: 0.61 v
 steps, 0.99 vs 0.57 after 2000). Training: AdamW, 2000 steps of batch 64, about 2-3 minutes on two
 CPU cores.
 
-Output folder::
-
-    clip.safetensors   weights (x_clip.CLIP state dict)
-    clip_config.json   {"model_kwargs", "tokenizer", "train", "data", "metrics", "finished"}
-
+Output folder: the saved-folder format of :mod:`dalle2_pytorch.clip_adapters.x_clip_folder`
+(``clip.safetensors`` + ``clip_config.json`` with "train", "data", "metrics", "finished" added).
 ``load_clip(folder)`` returns ``(x_clip.CLIP, WordTokenizer)``; wrap them for the rest of the
 package with ``XClipAdapter(clip, tokenizer=tokenizer)``. A folder that already holds a finished
 model trained with the same settings on the same data is reused instead of retrained.
@@ -35,25 +32,29 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from x_clip import CLIP
 
 from dalle2_pytorch.clip_adapters.base import resize_image
+from dalle2_pytorch.clip_adapters.x_clip_folder import (  # the saved-folder format (re-exported)
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ConvImageEncoder,
+    build_clip,
+    load_clip,
+    save_clip,
+)
 from dalle2_pytorch.demo.captions import caption_for, prompt_for
+from dalle2_pytorch.demo.text_tokenizer import WordTokenizer
 from dalle2_pytorch.demo.shapes import (
     COLOURS, SHAPES, DatasetInfo, ShapeAttributes, render, sample_attributes, sample_heldout_attributes,
 )
-from dalle2_pytorch.demo.text_tokenizer import WordTokenizer
 
 __all__ = [
     "DEFAULT_CLIP_KWARGS", "ClipTrainResult", "ConvImageEncoder", "build_clip", "encode_images", "encode_texts", "evaluate_clip",
     "load_clip", "load_split", "save_clip", "train_clip",
 ]
 
-CONFIG_FILE = "clip_config.json"
-WEIGHTS_FILE = "clip.safetensors"
 
 #: x_clip.CLIP keyword arguments of the demo model (``num_text_tokens`` comes from the tokenizer).
 #: ``image_encoder`` selects the small CNN (see ``ConvImageEncoder``); set it to None for x-clip's
@@ -68,7 +69,6 @@ DEFAULT_CLIP_KWARGS: dict = dict(
     # one by default, so training must too for its embeddings to match
     text_encode_without_mask=True,
 )
-_INIT_LOG_TEMPERATURE = math.log(10.0)  # x-clip starts at log-scale 1 (logit scale e), slow to learn
 _MAX_LOG_TEMPERATURE = math.log(100.0)  # clamp as in CLIP
 
 
@@ -118,54 +118,6 @@ def load_split(shards: Sequence[str], image_size: int) -> tuple[torch.Tensor, li
 # model
 
 
-class ConvImageEncoder(nn.Module):
-    """Small CNN image encoder with x-clip's vision-transformer interface.
-
-    (b, c, s, s) images -> (b, 1 + (s/4)^2, dim): a pooled token (mean of the feature map, then a
-    linear layer) followed by one token per cell of the 4x-downsampled feature map.
-    """
-
-    def __init__(self, dim: int, image_size: int, channels: int = 3, widths: Sequence[int] = (32, 64)) -> None:
-        super().__init__()
-        if image_size % 4:
-            raise ValueError(f"image_size must be divisible by 4, got {image_size}")
-        if len(widths) != 2 or any(int(w) % 8 for w in (*widths, dim)):
-            raise ValueError(f"need two widths and a dim divisible by 8 (GroupNorm of 8), got {list(widths)}, {dim}")
-        w1, w2 = (int(w) for w in widths)
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, w1, 3, padding=1), nn.GroupNorm(8, w1), nn.GELU(),
-            nn.Conv2d(w1, w2, 3, stride=2, padding=1), nn.GroupNorm(8, w2), nn.GELU(),
-            nn.Conv2d(w2, w2, 3, padding=1), nn.GroupNorm(8, w2), nn.GELU(),
-            nn.Conv2d(w2, dim, 3, stride=2, padding=1), nn.GroupNorm(8, dim), nn.GELU(),
-        )
-        self.to_pooled = nn.Linear(dim, dim)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.net(images).flatten(2).transpose(1, 2)  # (b, n, dim)
-        pooled = self.to_pooled(tokens.mean(dim=1, keepdim=True))  # (b, 1, dim)
-        return torch.cat((pooled, tokens), dim=1)
-
-
-def build_clip(model_kwargs: dict) -> CLIP:
-    """An ``x_clip.CLIP`` from ``model_kwargs`` with the logit scale initialised to 10.
-
-    ``model_kwargs["image_encoder"] = {"type": "conv", "widths": [32, 64]}`` replaces the vision
-    transformer by a ``ConvImageEncoder``.
-    """
-    kwargs = dict(model_kwargs)
-    spec = kwargs.pop("image_encoder", None)  # None: x-clip's vision transformer
-    if spec is not None:
-        if spec.get("type") != "conv":
-            raise ValueError(f"unknown image_encoder type {spec.get('type')!r}")
-        kwargs["image_encoder"] = ConvImageEncoder(
-            kwargs["dim_image"], kwargs["visual_image_size"], kwargs.get("channels", 3), spec.get("widths", (32, 64))
-        )
-    clip = CLIP(**kwargs)
-    with torch.no_grad():
-        clip.temperature.fill_(_INIT_LOG_TEMPERATURE)
-    return clip
-
-
 def encode_texts(clip: CLIP, tokens: torch.Tensor) -> torch.Tensor:
     """(b, n) token ids -> (b, dim_latent) l2-normalised text latents (the CLS path of CLIP.forward)."""
     mask = None if clip.text_encode_without_mask else tokens != clip.text_pad_id
@@ -177,32 +129,6 @@ def encode_images(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
     """(b, 3, s, s) images in [0, 1] at the CLIP size -> (b, dim_latent) l2-normalised image latents."""
     encoded = clip.visual_transformer(images)
     return F.normalize(clip.to_visual_latent(encoded[:, 0]), dim=-1)
-
-
-def save_clip(clip: CLIP, tokenizer: WordTokenizer, out_dir: str | os.PathLike, model_kwargs: dict, **extra) -> Path:
-    """Writes ``clip.safetensors`` and ``clip_config.json`` (atomically) and returns the folder."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in clip.state_dict().items()}
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, out / WEIGHTS_FILE)
-    config = {"model_kwargs": model_kwargs, "tokenizer": tokenizer.to_dict(), **extra}
-    tmp = out / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, out / CONFIG_FILE)
-    return out
-
-
-def load_clip(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CLIP, WordTokenizer]:
-    """Loads ``(x_clip.CLIP in eval mode, WordTokenizer)`` saved by ``save_clip`` / ``train_clip``."""
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_FILE} + {WEIGHTS_FILE}: train the demo CLIP first")
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    clip = build_clip(config["model_kwargs"])
-    clip.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
-    return clip.to(device).eval(), WordTokenizer.from_dict(config["tokenizer"])
 
 
 # ----------------------------------------------------------------------------------------------

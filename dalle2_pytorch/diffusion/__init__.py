@@ -1,6 +1,14 @@
 """Diffusion maths shared by the prior and the decoder (no network code)."""
 
-from dalle2_pytorch.diffusion.guidance import classifier_free_guidance, dynamic_threshold, l2norm_clamp, static_threshold
+from dalle2_pytorch.diffusion.guidance import (
+    GuidedModel,
+    check_cond_scale,
+    classifier_free_guidance,
+    dynamic_threshold,
+    guided_forward,
+    l2norm_clamp,
+    static_threshold,
+)
 from dalle2_pytorch.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl, variational_bound_bits
 from dalle2_pytorch.diffusion.noise_scheduler import LOSS_FUNCTIONS, SCHEDULE_BUFFER_NAMES, NoiseScheduler, extract
 from dalle2_pytorch.diffusion.objectives import Objective, objective_from_flags
@@ -11,32 +19,44 @@ from dalle2_pytorch.diffusion.samplers import (
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
+    get_sampler,
     sample,
+    sampler_names,
 )
 from dalle2_pytorch.diffusion.schedules import BETA_SCHEDULES, make_beta_schedule
+from dalle2_pytorch.diffusion.denoiser import build_denoiser, split_prediction
+from dalle2_pytorch.diffusion.training_loss import diffusion_training_loss
 
 __all__ = [
     "BETA_SCHEDULES",
     "Denoiser",
+    "GuidedModel",
     "Inpaint",
     "LOSS_FUNCTIONS",
     "ModelPrediction",
     "NoiseScheduler",
     "Objective",
     "SCHEDULE_BUFFER_NAMES",
+    "build_denoiser",
+    "check_cond_scale",
     "classifier_free_guidance",
     "ddim_sample",
     "ddim_timesteps",
     "ddpm_sample",
+    "diffusion_training_loss",
     "discretized_gaussian_log_likelihood",
     "dynamic_threshold",
     "extract",
+    "get_sampler",
+    "guided_forward",
     "l2norm_clamp",
     "make_beta_schedule",
     "mean_flat",
     "normal_kl",
     "objective_from_flags",
     "sample",
+    "sampler_names",
+    "split_prediction",
     "static_threshold",
     "variational_bound_bits",
 ]

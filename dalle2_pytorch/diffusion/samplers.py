@@ -59,7 +59,7 @@ class ModelPrediction:
 
 class Denoiser(Protocol):
     def __call__(
-        self, x_t: torch.Tensor, t: torch.Tensor, x_self_cond: torch.Tensor | None, cond_scale: float
+        self, x_t: torch.Tensor, t: torch.Tensor, x_self_cond: torch.Tensor | None
     ) -> ModelPrediction: ...
 
 
@@ -148,7 +148,6 @@ def ddpm_sample(
     *,
     steps: int | None = None,
     eta: float = 1.0,
-    cond_scale: float = 1.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -165,7 +164,6 @@ def ddpm_sample(
         scheduler: the diffusion the model was trained with.
         steps: must be None or T (use :func:`ddim_sample` for fewer steps).
         eta: unused (ancestral sampling is always stochastic); present for the shared signature.
-        cond_scale: classifier-free guidance scale passed to `denoise`.
         generator: source of the initial and per-step noise.
         x_T: optional starting noise (b, ...).
         self_condition: feed the previous x_0 estimate back to the model.
@@ -184,7 +182,7 @@ def ddpm_sample(
     def step(x_t, t, t_next, x_self_cond):
         b = x_t.shape[0]
         tt = _batch_t(t, b, x_t.device)
-        pred = denoise(x_t, tt, x_self_cond, cond_scale)
+        pred = denoise(x_t, tt, x_self_cond)
         mean, _, log_var = scheduler.q_posterior(pred.x_start, x_t, tt)
         if pred.log_variance is not None:
             log_var = pred.log_variance
@@ -216,7 +214,6 @@ def ddim_sample(
     *,
     steps: int | None = None,
     eta: float = 0.0,
-    cond_scale: float = 1.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -244,7 +241,7 @@ def ddim_sample(
     def step(x_t, t, t_next, x_self_cond):
         b = x_t.shape[0]
         tt = _batch_t(t, b, x_t.device)
-        pred = denoise(x_t, tt, x_self_cond, cond_scale)
+        pred = denoise(x_t, tt, x_self_cond)
         x_start = pred.x_start
         if t_next < 0:
             return x_start, x_start
@@ -267,18 +264,34 @@ def sample(
     shape: tuple[int, ...],
     scheduler: NoiseScheduler,
     *,
+    sampler: str | None = None,
     steps: int | None = None,
     eta: float | None = None,
-    use_ddim: bool | None = None,
     **kwargs,
 ) -> torch.Tensor:
-    """Dispatch: DDPM when `steps` is None or T (unless `use_ddim`), DDIM otherwise.
+    """Dispatch by name; `sampler=None`: DDPM when `steps` is None or T, DDIM otherwise (the reference's rule).
 
     `eta` defaults to 0 for DDIM. Other keyword arguments as in :func:`ddpm_sample`.
     """
     T = scheduler.num_timesteps
-    if use_ddim is None:
-        use_ddim = steps is not None and steps != T
-    if use_ddim:
+    if sampler is None:
+        sampler = "ddim" if steps is not None and steps != T else "ddpm"
+    if sampler == "ddim":
         return ddim_sample(denoise, shape, scheduler, steps=steps, eta=0.0 if eta is None else eta, **kwargs)
-    return ddpm_sample(denoise, shape, scheduler, steps=steps, **kwargs)
+    if sampler == "ddpm":
+        return ddpm_sample(denoise, shape, scheduler, steps=steps, **kwargs)
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of ['ddim', 'ddpm']")
+
+
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+
+
+def sampler_names() -> list[str]:
+    return sorted(SAMPLERS)
+
+
+def get_sampler(name: str):
+    """The sampler function registered under `name`."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sampler_names()}")
+    return SAMPLERS[name]

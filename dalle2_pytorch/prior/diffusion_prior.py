@@ -18,42 +18,31 @@ Differences from the reference 1.15.6, on purpose:
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Sequence
+import importlib
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle2_pytorch._helpers import default, exists
+from dalle2_pytorch._helpers import default
+from dalle2_pytorch.clip_adapters.wrap import wrap_clip
 from dalle2_pytorch.diffusion import (
-    ModelPrediction,
+    GuidedModel,
     NoiseScheduler,
     Objective,
+    build_denoiser,
+    check_cond_scale,
+    diffusion_training_loss,
     l2norm_clamp,
     objective_from_flags,
     sample as run_sampler,
 )
-from dalle2_pytorch.prior.network import DiffusionPriorNetwork
-from dalle2_pytorch.rng import rand_tensor, randn_tensor
+from dalle2_pytorch.diffusion.steps import check_steps, reference_sampler, resolve_steps
+from dalle2_pytorch.progress import ProgressBar, progress_enabled
+from dalle2_pytorch.rng import randn_tensor
 
 __all__ = ["DiffusionPrior"]
-
-
-def _wrap_clip(clip: Any, overrides: dict) -> Any:
-    if clip is None:
-        return None
-    from dalle2_pytorch.clip_adapters import BaseClipAdapter, XClipAdapter
-
-    if isinstance(clip, BaseClipAdapter):
-        return clip
-    try:
-        from x_clip import CLIP as XCLIP
-    except ImportError:  # pragma: no cover
-        XCLIP = ()
-    if isinstance(clip, XCLIP):
-        return XClipAdapter(clip, **overrides)
-    raise TypeError(f"clip must be a dalle2_pytorch CLIP adapter or an x_clip.CLIP, got {type(clip).__name__}")
 
 
 class DiffusionPrior(nn.Module):
@@ -79,6 +68,8 @@ class DiffusionPrior(nn.Module):
         image_embed_scale: defaults to sqrt(image_embed_dim).
         clip_adapter_overrides: keyword arguments for the automatic x_clip wrapper.
         ddim_sampling_eta: eta of DDIM sampling (extension; the reference used 1).
+        sampler: default sampler name (extension; see `dalle2_pytorch.diffusion.sampler_names()`);
+            None keeps the reference's rule: DDPM at T steps, DDIM with fewer.
     """
 
     def __init__(
@@ -106,9 +97,10 @@ class DiffusionPrior(nn.Module):
         image_embed_scale: float | None = None,
         clip_adapter_overrides: dict | None = None,
         ddim_sampling_eta: float = 1.0,
+        sampler: str | None = None,
     ):
         super().__init__()
-        self.clip = _wrap_clip(clip, dict(clip_adapter_overrides or {}))
+        self.clip = wrap_clip(clip, dict(clip_adapter_overrides or {}))
         if self.clip is not None:
             self.clip.requires_grad_(False)
             image_embed_dim = default(image_embed_dim, self.clip.dim_latent)
@@ -128,8 +120,9 @@ class DiffusionPrior(nn.Module):
 
         self.noise_scheduler = NoiseScheduler(beta_schedule=beta_schedule, timesteps=timesteps, loss_type=loss_type)
         self.sample_timesteps = sample_timesteps
-        if sample_timesteps is not None and not 1 <= sample_timesteps <= timesteps:
-            raise ValueError(f"sample_timesteps must be in [1, {timesteps}], got {sample_timesteps}")
+        if sample_timesteps is not None:
+            check_steps(sample_timesteps, self.noise_scheduler.num_timesteps, "sample_timesteps")
+        self.sampler = sampler
 
         self.text_cond_drop_prob = default(text_cond_drop_prob, cond_drop_prob)
         self.image_cond_drop_prob = default(image_cond_drop_prob, cond_drop_prob)
@@ -248,68 +241,58 @@ class DiffusionPrior(nn.Module):
         return self.p_losses(x_start, cond, generator=generator)
 
     def p_losses(self, x_start: torch.Tensor, cond: dict, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Loss for scaled clean embeddings x_start (b, d) under text conditioning `cond`."""
-        b = x_start.shape[0]
-        ns = self.noise_scheduler
-        t = ns.sample_random_times(b, device=x_start.device, generator=generator)
-        noise = randn_tensor(x_start.shape, generator=generator, device=x_start.device, dtype=x_start.dtype)
-        x_t = ns.q_sample(x_start, t, noise)
+        """Loss for scaled clean embeddings x_start (b, d) under text conditioning `cond`
+        (:func:`~dalle2_pytorch.diffusion.diffusion_training_loss`)."""
+        net = self.net
 
-        self_cond = None
-        if getattr(self.net, "self_cond", False) and rand_tensor((), generator=generator).item() < 0.5:
-            with torch.no_grad():
-                pred = self.net(x_t, t, **cond, generator=generator)
-                self_cond = self.objective.to_x_start(ns, x_t, t, pred)
-                if self.sampling_clamp_l2norm and self.predict_x_start:  # as sampling feeds it back
-                    self_cond = self.l2norm_clamp_embed(self_cond)
-                self_cond = self_cond.detach()
+        def model(x_t, t, self_cond):
+            return net(
+                x_t, t, **cond, self_cond=self_cond, text_cond_drop_prob=self.text_cond_drop_prob,
+                image_cond_drop_prob=self.image_cond_drop_prob, generator=generator,
+            )
 
-        pred = self.net(
-            x_t,
-            t,
-            **cond,
-            self_cond=self_cond,
-            text_cond_drop_prob=self.text_cond_drop_prob,
-            image_cond_drop_prob=self.image_cond_drop_prob,
-            generator=generator,
+        x0_clamp = self.predict_x_start and self.sampling_clamp_l2norm
+        return diffusion_training_loss(
+            model, self.noise_scheduler, self.objective, x_start, generator=generator,
+            self_cond_model=(lambda x_t, t: net(x_t, t, **cond, generator=generator)) if getattr(net, "self_cond", False) else None,
+            self_cond_postprocess=self.l2norm_clamp_embed if x0_clamp else None,  # as sampling feeds it back
+            prediction_transform=self.l2norm_clamp_embed if self.predict_x_start and self.training_clamp_l2norm else None,
         )
-        if self.predict_x_start and self.training_clamp_l2norm:
-            pred = self.l2norm_clamp_embed(pred)
-        target = self.objective.target(ns, x_start, t, noise)
-        return ns.loss_fn(pred, target)
 
     # ---------------------------------------------------------------------------------- sampling
-    def _check_guidance(self, cond_scale: float) -> None:
+    def _check_guidance(self, cond_scale: float) -> float:
+        cond_scale = check_cond_scale(cond_scale)
         if cond_scale == 1:
-            return
+            return cond_scale
         if not getattr(self.net, "has_unconditional_branch", True):
-            return  # the network warns itself that guidance has no effect (1.1.0-era priors)
+            return cond_scale  # guided_forward warns that guidance has no effect (1.1.0-era priors)
         if not self.can_classifier_guidance:
             raise ValueError(
                 f"cond_scale={cond_scale} needs a prior trained with conditioning dropout "
                 f"(text_cond_drop_prob={self.text_cond_drop_prob}, image_cond_drop_prob={self.image_cond_drop_prob})"
             )
+        return cond_scale
 
-    def _denoiser(self, cond: dict, use_prefix_cache: bool = True):
-        """The sampler's denoise function. With a network that has `build_prefix_cache`
-        (:class:`DiffusionPriorNetwork`), the text prefix is run through the transformer once here
-        and every step computes only the timestep / image / query tokens (same result)."""
-        ns = self.noise_scheduler
+    def _denoiser(self, cond: dict, cond_scale: float = 1.0, use_prefix_cache: bool = True) -> Callable:
+        """The sampler's denoise function: the guided network, x_0 from its objective, the optional
+        l2-norm clamp. With a network that has `build_prefix_cache` (:class:`DiffusionPriorNetwork`),
+        the text prefix is run through the transformer once here and every step computes only the
+        timestep / image / query tokens (same result)."""
         net_kw: dict = dict(cond)
         if hasattr(self.net, "build_prefix_cache"):
             if use_prefix_cache:
                 net_kw = {"prefix_cache": self.net.build_prefix_cache(cond["text_embed"], cond.get("text_encodings"))}
             else:
                 net_kw["prefix_cache"] = False  # the full sequence at every step
+        clamp = self.sampling_clamp_l2norm and self.predict_x_start
+        return build_denoiser(
+            GuidedModel(self.net, cond_scale, net_kw), self.noise_scheduler, self.objective,
+            postprocess=self.l2norm_clamp_embed if clamp else None,
+        )
 
-        def denoise(x_t, t, x_self_cond, cond_scale):
-            pred = self.net.forward_with_cond_scale(x_t, t, cond_scale=cond_scale, self_cond=x_self_cond, **net_kw)
-            x_start = self.objective.to_x_start(ns, x_t, t, pred)
-            if self.sampling_clamp_l2norm and self.predict_x_start:
-                x_start = self.l2norm_clamp_embed(x_start)
-            return ModelPrediction(x_start=x_start)
-
-        return denoise
+    def _steps(self, steps: int | None, timesteps: int | None) -> int:
+        T = self.noise_scheduler.num_timesteps
+        return check_steps(resolve_steps(steps, timesteps, default(self.sample_timesteps, T)), T)
 
     @torch.no_grad()
     def p_sample_loop(
@@ -319,10 +302,13 @@ class DiffusionPrior(nn.Module):
         cond_scale: float = 1.0,
         timesteps: int | None = None,
         *,
+        steps: int | None = None,
+        sampler: str | None = None,
         generator: torch.Generator | None = None,
         eta: float | None = None,
         callback=None,
         use_prefix_cache: bool = True,
+        progress: bool | None = False,
     ) -> torch.Tensor:
         """Samples image embeddings (b, d) in CLIP scale (unit norm when the prior is trained well).
 
@@ -330,15 +316,24 @@ class DiffusionPrior(nn.Module):
             shape: (b, d).
             text_cond: dict with `text_embed` (b, d) and, if used, `text_encodings` (b, n, d).
             cond_scale: classifier-free guidance scale (1 = none).
-            timesteps: sampling steps; T runs DDPM, fewer run DDIM. Default `sample_timesteps` or T.
+            timesteps: the reference's name of `steps`.
+            steps: sampling steps (network calls). Default `sample_timesteps` or T.
+            sampler: a sampler name (`dalle2_pytorch.diffusion.sampler_names()`); default the
+                prior's `sampler`, else the reference's rule (DDPM at T steps, DDIM with fewer).
             generator: noise source.
-            eta: DDIM eta (default `ddim_sampling_eta`).
+            eta: stochasticity of samplers that take one (DDIM's eta; default `ddim_sampling_eta`
+                for DDIM).
+            callback: `callback(step_index, num_steps, t, x, x_start)` after each step.
             use_prefix_cache: compute the text prefix once for all steps (False: the full sequence
                 at every step; same result up to float rounding).
+            progress: show a progress bar (None: when stderr is a terminal).
         """
-        self._check_guidance(cond_scale)
+        cond_scale = self._check_guidance(cond_scale)
         cond = self._text_cond(text_cond["text_embed"], text_cond.get("text_encodings"))
-        steps = default(timesteps, default(self.sample_timesteps, self.noise_scheduler.num_timesteps))
+        steps = self._steps(steps, timesteps)
+        sampler = default(sampler, default(self.sampler, reference_sampler(steps, self.noise_scheduler.num_timesteps)))
+        if eta is None and sampler == "ddim":
+            eta = self.ddim_sampling_eta
         x_T = None
         if self.init_image_embed_l2norm:
             noise = randn_tensor(shape, generator=generator, device=self.device, dtype=cond["text_embed"].dtype)
@@ -346,20 +341,21 @@ class DiffusionPrior(nn.Module):
         was_training = self.net.training
         self.net.eval()
         try:
-            x = run_sampler(
-                self._denoiser(cond, use_prefix_cache),
-                tuple(shape),
-                self.noise_scheduler,
-                steps=steps,
-                eta=default(eta, self.ddim_sampling_eta),
-                cond_scale=cond_scale,
-                generator=generator,
-                device=self.device,
-                dtype=cond["text_embed"].dtype,
-                x_T=x_T,
-                self_condition=getattr(self.net, "self_cond", False),
-                callback=callback,
-            )
+            with ProgressBar(steps, "prior", enabled=progress_enabled(progress), then=callback) as bar:
+                x = run_sampler(
+                    self._denoiser(cond, cond_scale, use_prefix_cache),
+                    tuple(shape),
+                    self.noise_scheduler,
+                    sampler=sampler,
+                    steps=steps,
+                    **({} if eta is None else {"eta": eta}),
+                    generator=generator,
+                    device=self.device,
+                    dtype=cond["text_embed"].dtype,
+                    x_T=x_T,
+                    self_condition=getattr(self.net, "self_cond", False),
+                    callback=bar.callback,
+                )
         finally:
             self.net.train(was_training)
         if self.sampling_final_clamp_l2norm and self.predict_x_start:
@@ -379,11 +375,14 @@ class DiffusionPrior(nn.Module):
         cond_scale: float = 1.0,
         timesteps: int | None = None,
         *,
+        steps: int | None = None,
+        sampler: str | None = None,
         text_embed: torch.Tensor | None = None,
         text_encodings: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         eta: float | None = None,
         callback=None,
+        progress: bool | None = False,
     ) -> torch.Tensor:
         """Image embeddings for captions, best of `num_samples_per_batch` by CLIP similarity.
 
@@ -393,14 +392,15 @@ class DiffusionPrior(nn.Module):
             num_samples_per_batch: candidates per caption; the one with the highest cosine similarity
                 to the text embedding is kept (unCLIP sec. 2.2).
             cond_scale: classifier-free guidance scale.
-            timesteps: sampling steps (default `sample_timesteps`).
+            timesteps: the reference's name of `steps`.
+            steps, sampler, eta, callback, progress: as in :meth:`p_sample_loop`.
             generator: noise source; the same seed gives the same embeddings.
 
         Returns:
             (b, image_embed_dim) image embeddings.
         """
-        if num_samples_per_batch < 1:
-            raise ValueError(f"num_samples_per_batch must be >= 1, got {num_samples_per_batch}")
+        if isinstance(num_samples_per_batch, bool) or not isinstance(num_samples_per_batch, int) or num_samples_per_batch < 1:
+            raise ValueError(f"num_samples_per_batch must be a positive integer, got {num_samples_per_batch!r}")
         if text is not None:
             if text_embed is not None:
                 raise ValueError("give either `text` or `text_embed`, not both")
@@ -413,8 +413,8 @@ class DiffusionPrior(nn.Module):
         if text_encodings is not None:
             cond["text_encodings"] = text_encodings.repeat_interleave(r, dim=0)
         embeds = self.p_sample_loop(
-            (b * r, self.image_embed_dim), cond, cond_scale, timesteps,
-            generator=generator, eta=eta, callback=callback,
+            (b * r, self.image_embed_dim), cond, cond_scale, timesteps, steps=steps, sampler=sampler,
+            generator=generator, eta=eta, callback=callback, progress=progress,
         )
         if r == 1:
             return embeds
@@ -430,6 +430,6 @@ class DiffusionPrior(nn.Module):
 
         See :func:`dalle2_pytorch.compat.prior_loading.load_prior`.
         """
-        from dalle2_pytorch.compat.prior_loading import load_prior
-
-        return load_prior(path, config, clip=clip, map_location=map_location, strict=strict)
+        # loading lives above the models (compat/); imported by name so the models never import it
+        loading = importlib.import_module("dalle2_pytorch.compat.prior_loading")
+        return loading.load_prior(path, config, clip=clip, map_location=map_location, strict=strict)

@@ -20,7 +20,7 @@ MU, S = 0.7, 0.3
 def gaussian_denoiser(scheduler, calls=None):
     """E[x_0 | x_t] for x_0 ~ N(MU, S^2): the exact (Bayes-optimal) x_0 prediction."""
 
-    def denoise(x_t, t, x_self_cond, cond_scale):
+    def denoise(x_t, t, x_self_cond):
         if calls is not None:
             calls.append(int(t[0]))
         ab = extract(scheduler.alphas_cumprod, t, x_t.shape)
@@ -116,7 +116,7 @@ def test_self_condition_receives_previous_estimate():
     scheduler = NoiseScheduler(timesteps=20)
     seen = []
 
-    def denoise(x_t, t, x_self_cond, cond_scale):
+    def denoise(x_t, t, x_self_cond):
         seen.append(None if x_self_cond is None else x_self_cond.clone())
         return ModelPrediction(x_start=torch.full_like(x_t, float(t[0])))
 
@@ -130,7 +130,7 @@ def test_learned_variance_is_used_by_ddpm():
     scheduler = NoiseScheduler(timesteps=10)
 
     def denoise_with(log_var):
-        def denoise(x_t, t, x_self_cond, cond_scale):
+        def denoise(x_t, t, x_self_cond):
             return ModelPrediction(x_start=torch.zeros_like(x_t), log_variance=torch.full_like(x_t, log_var))
         return denoise
 

@@ -90,7 +90,7 @@ def _looks_like_path(value: str) -> bool:
 
 def _load_demo_folder(folder: Path) -> Any:
     from dalle2_pytorch.clip_adapters import XClipAdapter
-    from dalle2_pytorch.demo.train_clip import load_clip
+    from dalle2_pytorch.clip_adapters.x_clip_folder import load_clip
 
     clip, tokenizer = load_clip(folder)
     logger.info("loaded x-clip CLIP and tokenizer from %s", folder)

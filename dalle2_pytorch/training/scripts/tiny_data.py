@@ -52,8 +52,8 @@ def reference_shards() -> list[str]:
 
 def make_tiny_clip(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Saves a random-weight tiny x-clip CLIP (demo folder format) to `out_dir`; returns the folder."""
-    from dalle2_pytorch.demo.text_tokenizer import WordTokenizer
-    from dalle2_pytorch.demo.train_clip import build_clip, save_clip
+    from dalle2_pytorch.clip_adapters.word_tokenizer import WordTokenizer
+    from dalle2_pytorch.clip_adapters.x_clip_folder import build_clip, save_clip
 
     tokenizer = WordTokenizer(list(REFERENCE_CAPTION_WORDS), context_length=TINY_CLIP_KWARGS["text_seq_len"])
     kwargs = dict(TINY_CLIP_KWARGS, num_text_tokens=tokenizer.vocab_size)
