@@ -162,10 +162,15 @@ def _load_image(path: str, size: int) -> torch.Tensor:
 
 def generate(args) -> list[Path]:
     """Runs `dream` with parsed arguments; returns the written files."""
-    from dalle2_pytorch.dalle2 import to_pil_images
+    from dalle2_pytorch.dalle2 import DALLE2, to_pil_images
 
     if args.num_images < 1 or args.batch_size < 1:
         raise DreamError("--num-images and --batch-size must be >= 1")
+    for flag, value in (("--steps", args.steps), ("--prior-steps", args.prior_steps), ("--decoder-steps", args.decoder_steps)):
+        if value is not None and value < 1:
+            raise DreamError(f"{flag} must be >= 1, got {value}")
+    _check_sampler(args.sampler)
+    _check_sampler(args.prior_sampler)
     prior, decoder, clip = load_models(
         model_dir=args.model_dir, prior=args.prior, decoder=args.decoder, prior_config=args.prior_config,
         decoder_config=args.decoder_config, clip=args.clip, device=args.device,
@@ -188,29 +193,25 @@ def generate(args) -> list[Path]:
             raise DreamError("text prompts need a prior (--prior or a model folder with one)")
         jobs = [(p, p) for p in prompts for _ in range(args.num_images)]
 
+    chain = DALLE2(prior=prior, decoder=decoder, prior_num_samples=args.prior_candidates,
+                   prior_sampler=args.prior_sampler, decoder_sampler=args.sampler)
     written: list[Path] = []
     counters: dict[str, int] = {}
     for start in range(0, len(jobs), args.batch_size):
         batch = jobs[start : start + args.batch_size]
-        with torch.no_grad():
-            if args.image:
-                images = torch.stack([_load_image(src, clip.image_size) for _, src in batch]).to(args.device)
-                image_embed = clip.embed_image(images).image_embed
-                # a text-conditioned decoder also gets a caption: the file name (as dalle2-laion does)
-                tokens = clip.tokenize([name.replace("_", " ") for name, _ in batch]).to(args.device)
-            else:
-                tokens = clip.tokenize([src for _, src in batch]).to(args.device)
-                text_embed, text_enc = clip.embed_text(tokens)
-                image_embed = prior.sample(
-                    text_embed=text_embed, text_encodings=text_enc if prior.condition_on_text_encodings else None,
-                    num_samples_per_batch=args.prior_candidates, cond_scale=args.prior_cond_scale,
-                    timesteps=args.prior_steps, generator=generator,
-                )
-            text_encodings = None
-            if decoder.condition_on_text_encodings:
-                text_encodings = clip.embed_text(tokens).text_encodings
-            images = decoder.sample(image_embed=image_embed, text_encodings=text_encodings, cond_scale=args.cond_scale,
-                                    timesteps=args.decoder_steps, generator=generator)
+        if args.image:
+            images = torch.stack([_load_image(src, clip.image_size) for _, src in batch]).to(args.device)
+            # a text-conditioned decoder also gets a caption: the file name (as dalle2-laion does)
+            images = chain.variations(
+                images, captions=[name.replace("_", " ") for name, _ in batch], cond_scale=args.cond_scale,
+                decoder_steps=args.decoder_steps, generator=generator, progress=args.progress,
+            )
+        else:
+            images = chain(
+                [src for _, src in batch], cond_scale=args.cond_scale, prior_cond_scale=args.prior_cond_scale,
+                prior_steps=args.prior_steps, decoder_steps=args.decoder_steps, generator=generator,
+                progress=args.progress,
+            )
         for (name, _), pil in zip(batch, to_pil_images(images)):
             slug = _slug(name)
             index = counters.get(slug, 0)
@@ -220,6 +221,18 @@ def generate(args) -> list[Path]:
             written.append(path)
             print(path)
     return written
+
+
+def _sampler_names() -> list[str]:
+    from dalle2_pytorch.diffusion import sampler_names
+
+    return sampler_names()
+
+
+def _check_sampler(name: str | None) -> str | None:
+    if name is not None and name not in _sampler_names():
+        raise DreamError(f"unknown sampler {name!r}; choose one of {', '.join(_sampler_names())}")
+    return name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,9 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-cond-scale", type=float, default=1.0, help="prior classifier-free guidance scale")
     p.add_argument("--cond-scale", "--decoder-cond-scale", dest="cond_scale", type=float, default=1.0,
                    help="decoder classifier-free guidance scale")
+    p.add_argument("--sampler", "--decoder-sampler", dest="sampler", default=None,
+                   help="decoder sampler: " + ", ".join(_sampler_names()) + " (default: the model's own)")
+    p.add_argument("--prior-sampler", default=None, help="prior sampler (same names; default: the model's own)")
     p.add_argument("--prior-candidates", type=int, default=2, help="prior samples per prompt, reranked by CLIP")
     p.add_argument("--batch-size", type=int, default=8, help="images generated at once")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, mps, ...")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show progress bars (default: when stderr is a terminal)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
 
