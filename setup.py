@@ -5,6 +5,17 @@ from setuptools import find_packages, setup
 version: dict = {}
 exec((Path(__file__).parent / "dalle2_pytorch" / "version.py").read_text(), version)
 
+_CLIP = ["open-clip-torch>=2.24", "x-clip>=0.14"]
+_TRAIN = [*_CLIP, "accelerate>=0.30", "ema-pytorch>=0.5", "webdataset>=0.2.80", "wandb>=0.16",
+          "torchmetrics[image]>=1.0", "kornia>=0.7", "torchvision>=0.19"]
+EXTRAS = {
+    "clip": _CLIP,  # OpenClipAdapter / OpenAIClipAdapter (open_clip), XClipAdapter and x-clip folders
+    "train": _TRAIN,  # trainers, training scripts, data loaders, metrics, trackers
+    "demo": _TRAIN,  # `make demo`: the embedded dataset, demo CLIP, training lanes, report
+    "test": [*_TRAIN, "pytest", "pytest-timeout", "hypothesis", "import-linter>=2.1", "torch-fidelity"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
 setup(
     name="dalle2-pytorch",
     version=version["__version__"],
@@ -16,25 +27,18 @@ setup(
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks")),
     include_package_data=True,
     python_requires=">=3.10",
+    # the base install loads models (ours and the reference's) and samples images
     install_requires=[
         "torch>=2.4",
-        "torchvision>=0.19",
         "numpy",
         "einops>=0.7",
-        "open-clip-torch>=2.24",
-        "x-clip>=0.14",
-        "ema-pytorch>=0.5",
-        "accelerate>=0.30",
-        "webdataset>=0.2.80",
-        "kornia>=0.7",
-        "pydantic>=2.7,<3",
-        "wandb>=0.16",
-        "tqdm",
         "safetensors>=0.4",
-        "torchmetrics[image]>=1.0",
+        "pydantic>=2.7,<3",
+        "tqdm",
         "packaging",
         "pillow",
     ],
+    extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
             "dream = dalle2_pytorch.cli:dream",

@@ -150,14 +150,14 @@ def _read_prompts(args) -> list[str]:
 
 
 def _load_image(path: str, size: int) -> torch.Tensor:
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
-    import torchvision.transforms.functional as TF
 
     try:
-        img = Image.open(path).convert("RGB")
+        img = Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     except (OSError, UnidentifiedImageError) as e:
         raise DreamError(f"could not read image {path}: {e}") from e
-    return TF.to_tensor(TF.resize(img, [size, size], antialias=True))
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
 def generate(args) -> list[Path]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from dalle2_pytorch._extras import import_optional
 from dalle2_pytorch.clip_adapters.base import BaseClipAdapter, EmbeddedImage, EmbeddedText
 from dalle2_pytorch.clip_adapters.open_clip_adapter import (
     OpenClipAdapter,
@@ -49,7 +50,7 @@ CLIP_ADAPTER_MAKES = ("openai", "open_clip", "x-clip", "coca")
 
 def _default_open_clip_tag(arch: str) -> str:
     """The reference config's choice: the last tag open_clip lists for the architecture."""
-    import open_clip
+    open_clip = import_optional("open_clip", "clip", "open_clip CLIP adapters")
 
     tags = dict(open_clip.list_pretrained())
     if arch not in tags:
@@ -97,7 +98,7 @@ def build_clip_adapter(
             model, pretrained=pretrained or None, model_kwargs=base_model_kwargs, **kwargs
         )
     if make_key in ("x-clip", "xclip"):
-        from x_clip import CLIP
+        CLIP = import_optional("x_clip", "clip", "x-clip CLIP adapters").CLIP
 
         if model and os.path.isdir(os.fspath(model)):
             clip, tokenizer = load_clip(model)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from dalle2_pytorch._extras import import_optional
 from dalle2_pytorch.clip_adapters.base import BaseClipAdapter, EmbeddedImage, EmbeddedText, l2norm
 from dalle2_pytorch.clip_adapters.tokenizer import EOT_TOKEN_ID, SimpleTokenizer
 
@@ -202,7 +203,7 @@ class OpenClipAdapter(BaseClipAdapter):
     # ------------------------------------------------------------------ construction
     @staticmethod
     def _build(name, pretrained, *, precision, device, model_kwargs, quick_gelu, cache_dir):
-        import open_clip
+        open_clip = import_optional("open_clip", "clip", "OpenClipAdapter / OpenAIClipAdapter")
         from open_clip import pretrained as oc_pretrained
 
         arch = open_clip_model_name(name)

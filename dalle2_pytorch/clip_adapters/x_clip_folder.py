@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
+from dalle2_pytorch._extras import import_optional
 from dalle2_pytorch.clip_adapters.word_tokenizer import WordTokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,7 +97,7 @@ def build_clip(model_kwargs: dict) -> "CLIP":
     ``model_kwargs["image_encoder"] = {"type": "conv", "widths": [32, 64]}`` replaces the vision
     transformer by a ``ConvImageEncoder``.
     """
-    from x_clip import CLIP
+    CLIP = import_optional("x_clip", "clip", "x-clip CLIP folders").CLIP
 
     kwargs = dict(model_kwargs)
     spec = kwargs.pop("image_encoder", None)  # None: x-clip's vision transformer

@@ -5,7 +5,13 @@
 * :mod:`.prior_loader`: `PriorEmbeddingDataset`, `make_splits`, `get_reader`, in-memory readers;
 * :mod:`.precompute`: `precompute_embeddings` and `python -m dalle2_pytorch.data.precompute`;
 * :mod:`.shards`, :mod:`.transforms`, :mod:`.counters`, :mod:`.embedding_files`: shared pieces.
+
+Needs the `[train]` extra (webdataset, torchvision).
 """
+
+from dalle2_pytorch._extras import require_extra
+
+require_extra("train", "webdataset", "torchvision", what="dalle2_pytorch.data")
 
 from dalle2_pytorch.data.counters import SkipCounter, SkipRecord, TooManyConsecutiveErrors
 from dalle2_pytorch.data.decoder_loader import (

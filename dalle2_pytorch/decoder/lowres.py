@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2_pytorch._extras import import_optional
 from dalle2_pytorch.diffusion import NoiseScheduler
 from dalle2_pytorch.rng import rand_tensor
 
@@ -97,7 +98,7 @@ class LowresConditioner(nn.Module):
         self.noise_scheduler = NoiseScheduler(beta_schedule="linear", timesteps=1000) if use_noise else None
 
     def _blur(self, image, sigma, kernel_size, generator):
-        import kornia
+        kornia = import_optional("kornia", "train", "blur augmentation of low-resolution conditions")
 
         sigma = _pick(self.blur_sigma if sigma is None else sigma, generator)
         k = int(round(_pick(self.blur_kernel_size if kernel_size is None else kernel_size, generator)))

@@ -7,5 +7,9 @@ Modules:
     text_tokenizer word-level tokenizer for the small demo CLIP
     train_clip     trains, saves and loads a small x-clip ``CLIP`` on the shards
 
-Nothing here downloads anything; everything runs on a CPU in minutes.
+Nothing here downloads anything; everything runs on a CPU in minutes. Needs the `[demo]` extra.
 """
+
+from dalle2_pytorch._extras import require_extra
+
+require_extra("demo", "x_clip", "accelerate", "ema_pytorch", "webdataset", what="the demo (dalle2_pytorch.demo)")

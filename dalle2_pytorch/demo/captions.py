@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # only for annotations: shapes imports this module
+from dalle2_pytorch.demo.vocabulary import BACKGROUNDS, COLOURS, SHAPES, SIZES
+
+if TYPE_CHECKING:  # only for annotations (shapes imports this module)
     from dalle2_pytorch.demo.shapes import ShapeAttributes
 
 _SIZE_WORDS = {"small": ("small", "little", "small"), "large": ("large", "big", "large")}
@@ -111,8 +113,6 @@ def parse_prompt(text: str) -> tuple[str | None, str | None]:
     """
     if not isinstance(text, str):
         raise TypeError(f"prompt must be a str, got {type(text).__name__}")
-    from dalle2_pytorch.demo.shapes import COLOURS, SHAPES
-
     words = _words(_BACKGROUND_CLAUSE.sub(" ", text.lower()))
     colours = [(i, _COLOUR_SYNONYMS.get(w, w)) for i, w in enumerate(words) if _COLOUR_SYNONYMS.get(w, w) in COLOURS]
     shapes = [(i, _SHAPE_SYNONYMS.get(w, w)) for i, w in enumerate(words) if _SHAPE_SYNONYMS.get(w, w) in SHAPES]
@@ -125,8 +125,6 @@ def parse_prompt(text: str) -> tuple[str | None, str | None]:
 
 def caption_vocabulary() -> list[str]:
     """Every word a caption or canonical prompt can contain, sorted (the demo CLIP's vocabulary)."""
-    from dalle2_pytorch.demo.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZES
-
     text = " ".join([
         *_TEMPLATES, *_BACKGROUND_PHRASES, *(p for ps in _POSITION_PHRASES.values() for p in ps),
         *(w for ws in _SIZE_WORDS.values() for w in ws), *COLOURS, *SHAPES, *SIZES, *BACKGROUNDS,

@@ -34,57 +34,18 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dalle2_pytorch.demo.captions import caption_for, prompt_for
-
-# ----------------------------------------------------------------------------------------------
-# vocabulary
-
-#: Main-shape colours (RGB). Far apart in RGB so the nearest-palette rule of the evaluator is safe.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 25, 30),
-    "orange": (255, 130, 0),
-    "yellow": (250, 225, 30),
-    "green": (30, 160, 50),
-    "blue": (30, 80, 225),
-    "purple": (135, 45, 185),
-}
-
-#: Plain background colours (RGB); none of them is a main-shape colour.
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-    "gray": (128, 128, 128),
-    "beige": (225, 210, 170),
-}
-
-#: Shapes that the evaluator tells apart at 32 px (a hexagon was too close to a circle).
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
-
-SIZES: tuple[str, ...] = ("small", "large")
-
-#: Position name -> centre (x, y) as fractions of the image side (y grows downwards).
-POSITIONS: dict[str, tuple[float, float]] = {
-    "top left": (0.3, 0.3),
-    "top": (0.5, 0.3),
-    "top right": (0.7, 0.3),
-    "left": (0.3, 0.5),
-    "center": (0.5, 0.5),
-    "right": (0.7, 0.5),
-    "bottom left": (0.3, 0.7),
-    "bottom": (0.5, 0.7),
-    "bottom right": (0.7, 0.7),
-}
-
-#: (colour, shape) pairs never rendered in any split: one per shape, each with a different colour.
-DEFAULT_HELDOUT: tuple[tuple[str, str], ...] = (
-    ("red", "star"),
-    ("blue", "triangle"),
-    ("green", "cross"),
-    ("yellow", "circle"),
-    ("purple", "square"),
+from dalle2_pytorch.demo.vocabulary import (  # re-exported: the demo's vocabulary
+    BACKGROUNDS,
+    COLOURS,
+    DEFAULT_HELDOUT,
+    POSITIONS,
+    SHAPES,
+    SIZES,
 )
 
-# nominal radius (fraction of image side) ranges per size; shapes are scaled so that they look
-# about as big as a circle of that radius
+# ----------------------------------------------------------------------------------------------
+# rendering constants
+
 _RADIUS = {"small": (0.17, 0.2), "large": (0.28, 0.33)}
 _JITTER = 0.02
 # circumradius of each shape, in units of the nominal radius

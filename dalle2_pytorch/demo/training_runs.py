@@ -141,9 +141,7 @@ def _run_one(run: TrainingRun, threads: int, book, progress, echo: Callable[[str
 
 def _spawn(run: TrainingRun, threads: int, echo: Callable[[str], None]) -> int:
     """Runs the script as a child process; its output goes to ``log_path`` and, prefixed, to ``echo``."""
-    import dalle2_pytorch
-
-    package_root = str(Path(dalle2_pytorch.__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder holding dalle2_pytorch/
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     run.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-"""Trainers, optimiser and LR schedule, EMA, crash-safe checkpoints and trackers."""
+"""Trainers, optimiser and LR schedule, EMA, crash-safe checkpoints and trackers (the `[train]` extra)."""
+
+from dalle2_pytorch._extras import require_extra
+
+require_extra("train", "accelerate", "ema_pytorch", what="dalle2_pytorch.training")
 
 from dalle2_pytorch.training.checkpoint import (
     CorruptCheckpointError,
