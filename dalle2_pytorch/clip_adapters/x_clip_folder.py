@@ -71,26 +71,6 @@ class ConvImageEncoder(nn.Module):
         return torch.cat((pooled, tokens), dim=1)
 
 
-def build_clip(model_kwargs: dict) -> CLIP:
-    """An ``x_clip.CLIP`` from ``model_kwargs`` with the logit scale initialised to 10.
-
-    ``model_kwargs["image_encoder"] = {"type": "conv", "widths": [32, 64]}`` replaces the vision
-    transformer by a ``ConvImageEncoder``.
-    """
-    kwargs = dict(model_kwargs)
-    spec = kwargs.pop("image_encoder", None)  # None: x-clip's vision transformer
-    if spec is not None:
-        if spec.get("type") != "conv":
-            raise ValueError(f"unknown image_encoder type {spec.get('type')!r}")
-        kwargs["image_encoder"] = ConvImageEncoder(
-            kwargs["dim_image"], kwargs["visual_image_size"], kwargs.get("channels", 3), spec.get("widths", (32, 64))
-        )
-    clip = CLIP(**kwargs)
-    with torch.no_grad():
-        clip.temperature.fill_(_INIT_LOG_TEMPERATURE)
-    return clip
-
-
 def build_clip(model_kwargs: dict) -> "CLIP":
     """An ``x_clip.CLIP`` from ``model_kwargs`` with the logit scale initialised to 10.
 

@@ -321,16 +321,6 @@ class Decoder(nn.Module):
         crop = lambda x: x if x is None else x[..., top : top + size, left : left + size]
         return crop(target), crop(lowres)
 
-    @staticmethod
-    def _random_crop(target, lowres, size, generator):
-        h, w = target.shape[-2:]
-        if size > min(h, w):
-            raise ValueError(f"random crop size {size} is larger than the stage's image {h}x{w}")
-        top = int(rand_tensor((), generator=generator).item() * (h - size + 1))
-        left = int(rand_tensor((), generator=generator).item() * (w - size + 1))
-        crop = lambda x: x if x is None else x[..., top : top + size, left : left + size]
-        return crop(target), crop(lowres)
-
     def p_losses(
         self,
         index: int,
