@@ -1,4 +1,4 @@
-"""Sampling of the cascaded decoder through the shared samplers (`diffusion/samplers.py`).
+"""Sampling of the cascaded decoder through the shared samplers (`diffusion/samplers/`).
 
 Each stage builds a denoiser closure around its Unet (classifier-free guidance batched into one
 forward, objective -> x_0, static or dynamic thresholding, learned variance) and hands it to the
@@ -84,8 +84,8 @@ class DecoderSamplingMixin:
             post_log_var, var = log_var, log_var.exp()
         return {"model_mean": mean, "posterior_variance": var, "posterior_log_variance": post_log_var, "x_start": x_start}
 
-    def _denoiser(self, index: int, cond: dict):
-        def denoise(x_t, t, x_self_cond, cond_scale):
+    def _denoiser(self, index: int, cond: dict, cond_scale: float = 1.0):
+        def denoise(x_t, t, x_self_cond):
             c = dict(cond, self_cond=x_self_cond) if self.unets[index].self_cond else cond
             x_start, log_var = self._predict(index, x_t, t, c, cond_scale)
             return ModelPrediction(x_start=x_start, log_variance=log_var)
@@ -193,12 +193,11 @@ class DecoderSamplingMixin:
             try:
                 with context:
                     x = run_sampler(
-                        self._denoiser(index, cond),
+                        self._denoiser(index, cond, scales[index]),
                         (batch_size, self.channels, stage.image_size, stage.image_size),
                         self.noise_schedulers[index],
                         steps=steps,
                         eta=self.ddim_sampling_eta,
-                        cond_scale=scales[index],
                         generator=generator,
                         device=self.device,
                         self_condition=unet.self_cond,

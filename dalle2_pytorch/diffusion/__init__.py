@@ -5,13 +5,19 @@ from dalle2_pytorch.diffusion.losses import discretized_gaussian_log_likelihood,
 from dalle2_pytorch.diffusion.noise_scheduler import LOSS_FUNCTIONS, SCHEDULE_BUFFER_NAMES, NoiseScheduler, extract
 from dalle2_pytorch.diffusion.objectives import Objective, objective_from_flags
 from dalle2_pytorch.diffusion.samplers import (
+    SAMPLERS,
+    SPACINGS,
     Denoiser,
     Inpaint,
     ModelPrediction,
+    SamplerCallback,
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
+    get_sampler,
     sample,
+    sampler_info,
+    sampler_names,
 )
 from dalle2_pytorch.diffusion.schedules import BETA_SCHEDULES, make_beta_schedule
 
@@ -23,7 +29,10 @@ __all__ = [
     "ModelPrediction",
     "NoiseScheduler",
     "Objective",
+    "SAMPLERS",
     "SCHEDULE_BUFFER_NAMES",
+    "SPACINGS",
+    "SamplerCallback",
     "classifier_free_guidance",
     "ddim_sample",
     "ddim_timesteps",
@@ -31,12 +40,15 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "dynamic_threshold",
     "extract",
+    "get_sampler",
     "l2norm_clamp",
     "make_beta_schedule",
     "mean_flat",
     "normal_kl",
     "objective_from_flags",
     "sample",
+    "sampler_info",
+    "sampler_names",
     "static_threshold",
     "variational_bound_bits",
 ]

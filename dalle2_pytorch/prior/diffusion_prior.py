@@ -290,7 +290,7 @@ class DiffusionPrior(nn.Module):
                 f"(text_cond_drop_prob={self.text_cond_drop_prob}, image_cond_drop_prob={self.image_cond_drop_prob})"
             )
 
-    def _denoiser(self, cond: dict, use_prefix_cache: bool = True):
+    def _denoiser(self, cond: dict, use_prefix_cache: bool = True, cond_scale: float = 1.0):
         """The sampler's denoise function. With a network that has `build_prefix_cache`
         (:class:`DiffusionPriorNetwork`), the text prefix is run through the transformer once here
         and every step computes only the timestep / image / query tokens (same result)."""
@@ -302,7 +302,7 @@ class DiffusionPrior(nn.Module):
             else:
                 net_kw["prefix_cache"] = False  # the full sequence at every step
 
-        def denoise(x_t, t, x_self_cond, cond_scale):
+        def denoise(x_t, t, x_self_cond):
             pred = self.net.forward_with_cond_scale(x_t, t, cond_scale=cond_scale, self_cond=x_self_cond, **net_kw)
             x_start = self.objective.to_x_start(ns, x_t, t, pred)
             if self.sampling_clamp_l2norm and self.predict_x_start:
@@ -347,12 +347,11 @@ class DiffusionPrior(nn.Module):
         self.net.eval()
         try:
             x = run_sampler(
-                self._denoiser(cond, use_prefix_cache),
+                self._denoiser(cond, use_prefix_cache, cond_scale),
                 tuple(shape),
                 self.noise_scheduler,
                 steps=steps,
                 eta=default(eta, self.ddim_sampling_eta),
-                cond_scale=cond_scale,
                 generator=generator,
                 device=self.device,
                 dtype=cond["text_embed"].dtype,

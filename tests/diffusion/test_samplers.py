@@ -1,4 +1,7 @@
-"""Samplers against closed-form cases: for Gaussian data the optimal denoiser is known exactly."""
+"""DDPM and DDIM against closed-form cases: for Gaussian data the optimal denoiser is known exactly.
+
+(The registry's other samplers: test_sampler_registry.py, test_sampler_convergence.py,
+test_sampler_features.py.)"""
 
 import pytest
 import torch
@@ -20,7 +23,7 @@ MU, S = 0.7, 0.3
 def gaussian_denoiser(scheduler, calls=None):
     """E[x_0 | x_t] for x_0 ~ N(MU, S^2): the exact (Bayes-optimal) x_0 prediction."""
 
-    def denoise(x_t, t, x_self_cond, cond_scale):
+    def denoise(x_t, t, x_self_cond):
         if calls is not None:
             calls.append(int(t[0]))
         ab = extract(scheduler.alphas_cumprod, t, x_t.shape)
@@ -108,7 +111,7 @@ def test_dispatch_and_bad_steps():
         ddim_sample(gaussian_denoiser(scheduler), (1, 2), scheduler, steps=101)
     with pytest.raises(ValueError, match="positive integer"):
         ddim_sample(gaussian_denoiser(scheduler), (1, 2), scheduler, steps=0)
-    with pytest.raises(ValueError, match="use ddim_sample"):
+    with pytest.raises(ValueError, match="ddpm runs all 100 trained steps"):
         ddpm_sample(gaussian_denoiser(scheduler), (1, 2), scheduler, steps=10)
 
 
@@ -116,7 +119,7 @@ def test_self_condition_receives_previous_estimate():
     scheduler = NoiseScheduler(timesteps=20)
     seen = []
 
-    def denoise(x_t, t, x_self_cond, cond_scale):
+    def denoise(x_t, t, x_self_cond):
         seen.append(None if x_self_cond is None else x_self_cond.clone())
         return ModelPrediction(x_start=torch.full_like(x_t, float(t[0])))
 
@@ -130,7 +133,7 @@ def test_learned_variance_is_used_by_ddpm():
     scheduler = NoiseScheduler(timesteps=10)
 
     def denoise_with(log_var):
-        def denoise(x_t, t, x_self_cond, cond_scale):
+        def denoise(x_t, t, x_self_cond):
             return ModelPrediction(x_start=torch.zeros_like(x_t), log_variance=torch.full_like(x_t, log_var))
         return denoise
 

@@ -161,7 +161,7 @@ def test_prior_sample_cached_equals_uncached(net_config: dict, prior_config: dic
     prior.net.build_prefix_cache = spy
     cached = draw()
     assert len(calls) == 1  # built once per sampling loop
-    prior._denoiser = lambda cond, use_prefix_cache=True: DiffusionPrior._denoiser(prior, cond, False)
+    prior._denoiser = lambda cond, use_prefix_cache=True, cond_scale=1.0: DiffusionPrior._denoiser(prior, cond, False, cond_scale)
     uncached = draw()
     assert len(calls) == 1
     close(cached, uncached)
