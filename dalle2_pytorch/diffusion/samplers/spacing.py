@@ -6,11 +6,15 @@ The spacings are diffusers' (``DDIMScheduler.set_timesteps``, ``timestep_spacing
 steps and n sampling steps:
 
 * ``linspace``: round(linspace(T - 1, 0, n)): from T - 1 down to 0. The default; DDIM's grid
-  since this package's first release (so seeded DDIM outputs are unchanged).
+  since this package's first release (so seeded DDIM outputs are unchanged). It equals diffusers'
+  except where a value is a tie x.5 that float rounding sends the other way (e.g. T = 1000,
+  n = 103: 832.5 -> 832 here, 833 there) and for n = 1 (T - 1 here, 0 there).
 * ``leading``: k * (T // n) for k = n - 1 .. 0 (diffusers' ``steps_offset`` = 0): ends at 0 but
   starts below T - 1, so the first step sees pure noise as a partly noised sample.
 * ``trailing``: round(T (n - k) / n) - 1 for k = 0 .. n - 1, rounding half to even, computed in
   exact arithmetic: starts at T - 1, ends at round(T / n) - 1 (the last step denoises from there).
+  diffusers computes it with a float `arange`, which resolves ties either way and for some (T, n)
+  returns n + 1 timesteps; the exact form always returns n.
 * Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based Generative Models", EDM),
   eq. 5 with rho = 7: sigma_i = (sigma_max^(1/rho) + i / (n - 1) (sigma_min^(1/rho) -
   sigma_max^(1/rho)))^rho, with sigma_t = sqrt((1 - ᾱ_t) / ᾱ_t) and sigma_max / sigma_min those of
