@@ -19,7 +19,10 @@ steps and n sampling steps:
   eq. 5 with rho = 7: sigma_i = (sigma_max^(1/rho) + i / (n - 1) (sigma_min^(1/rho) -
   sigma_max^(1/rho)))^rho, with sigma_t = sqrt((1 - ᾱ_t) / ᾱ_t) and sigma_max / sigma_min those of
   t = T - 1 / t = 0. Each sigma is quantised to the trained timestep nearest in log sigma, so a
-  discretely trained network only ever sees the integer timesteps it was trained on.
+  discretely trained network only ever sees the integer timesteps it was trained on; where two
+  land on the same timestep the later one moves to the next free timestep below (near t = 0: above),
+  so `steps` distinct timesteps are always visited. On a cosine schedule, whose clipped last beta
+  spans sigma 160 .. 2e4 over the last 5 timesteps, this crowds most of the grid near t = T - 1.
 """
 
 from __future__ import annotations
