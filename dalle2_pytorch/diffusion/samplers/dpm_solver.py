@@ -9,8 +9,10 @@ D_i the x_0 estimate at (x_{t_i}, t_i) ("data prediction").
   x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D,
   with D = D_{i-1} for i = 1 and, for i >= 2, r_i = h_{i-1} / h_i and
   D = (1 + 1 / (2 r_i)) D_{i-1} - 1 / (2 r_i) D_{i-2}.
-* SDE (sec. 5 / appendix, diffusers' ``sde-dpmsolver++`` with the midpoint rule; the `eta`
-  generalisation is k-diffusion's): with amount eta,
+* SDE: the stochastic counterpart of the data-prediction solver, solving the reverse diffusion
+  SDE with the same exponential integrator (diffusers' ``algorithm_type="sde-dpmsolver++"`` with
+  the midpoint rule; the `eta` generalisation is k-diffusion's ``sample_dpmpp_2m_sde``): with
+  amount eta,
   x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) e^{-eta h_i} x_{t_{i-1}} + alpha_{t_i} (1 - e^{-(1 + eta) h_i}) D
             + sigma_{t_i} sqrt(1 - e^{-2 eta h_i}) z,
   the same D. eta = 0 is exactly the ODE solver; eta = 1 (default) is the SDE solver, whose first
@@ -141,7 +143,7 @@ def dpmpp_2m_sde(
     spacing: str | None = None,
     karras: bool = False,
 ) -> torch.Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022; diffusers' ``sde-dpmsolver++``, midpoint rule).
+    """SDE-DPM-Solver++(2M) (see the module docstring; diffusers' ``sde-dpmsolver++``, midpoint rule).
 
     `steps` network calls. Arguments as in the shared signature (:mod:`.base`); `eta` >= 0 is the
     amount of noise (default 1: the reverse SDE; 0: dpmpp_2m). No inpainting.

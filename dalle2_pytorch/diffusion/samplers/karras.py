@@ -11,7 +11,7 @@ x = sqrt(ᾱ) x~. With d_i = (x~_i - D_i) / sigma~_i = (x_i - alpha_i D_i) / sig
 sqrt(ᾱ), sqrt(1 - ᾱ)) the updates are evaluated as combinations of D and d, which keeps them exact
 in float32 even where 1 / sqrt(ᾱ) is huge:
 
-* euler (Alg. 2 without the correction): x~_{i+1} = x~_i + (sigma~_{i+1} - sigma~_i) d_i = D_i +
+* euler (Alg. 1 without the second-order correction): x~_{i+1} = x~_i + (sigma~_{i+1} - sigma~_i) d_i = D_i +
   sigma~_{i+1} d_i. Identical to deterministic DDIM on the same grid.
 * heun (Alg. 1 deterministic, S_churn = 0): Euler to x~', d' at (x~', sigma~_{i+1}), then
   x~_{i+1} = x~_i + (sigma~_{i+1} - sigma~_i) (d_i + d') / 2. Two calls per step.

@@ -5,18 +5,19 @@ prediction, with the corrector UniC.
 Notation as in :mod:`.dpm_solver` (alpha, sigma, lambda over the grid; D_i the x_0 estimate at
 x_{t_i}). For a step from s = t_{i-1} to t = t_i, h = lambda_t - lambda_s, B(h) = e^{-h} - 1 and
 
-    x_t = (sigma_t / sigma_s) x_s - alpha_t B(h) (D_s + sum_k rho_k Delta_k)          (eqs. 8, 11)
+    x_t = (sigma_t / sigma_s) x_s - alpha_t B(h) (D_s + sum_k rho_k Delta_k)        (sec. 3)
 
 * UniP-2 (predictor): Delta_1 = (D_{s1} - D_s) / r_1, r_1 = (lambda_{s1} - lambda_s) / h < 0 for
   the grid point s1 before s, and rho_1 = 1/2 (the paper's simplified order-2 predictor). This is
   DPM-Solver++(2M). The first step has no history and is first order (DDIM).
 * UniC (corrector), once the model has been evaluated at the predicted x_t (D_t, no extra call):
-  the same formula with Delta = (D_{s1} - D_s) / r_1 and D_t - D_s, weights rho solving
-  R rho = b (Alg. 2 / Thm. 3.1): R = [[1, 1], [r_1, 1]], b_k = k! phi_{k+1}(-h) (-h)^k ... written
-  out as b_1 = g_1 / B(h), b_2 = 2 g_2 / B(h) with g_1 = (e^{-h} - 1) / (-h) - 1,
-  g_2 = g_1 / (-h) - 1/2. After a first-order predictor the corrector is the trapezoid rule
-  (rho = 1/2 on D_t - D_s). The corrected x_t replaces the predicted one; D_t, evaluated at the
-  predicted x_t, joins the history (as in the paper's Alg. 3). UniC raises the order by one.
+  the same formula with Delta = (D_{s1} - D_s) / r_1 and D_t - D_s, weights rho solving the
+  order conditions R rho = b with R = [[1, 1], [r_1, 1]], b_1 = g_1 / B(h), b_2 = 2 g_2 / B(h),
+  g_1 = (e^{-h} - 1) / (-h) - 1, g_2 = g_1 / (-h) - 1/2 (the paper's phi-function expansion, as in
+  the reference implementation and diffusers' ``UniPCMultistepScheduler``). After a first-order
+  predictor the corrector is the trapezoid rule (rho = 1/2 on D_t - D_s). The corrected x_t
+  replaces the predicted one; D_t, evaluated at the predicted x_t, joins the history, so the
+  corrector costs no extra network call. UniC raises the order by one.
 
 The sample after the last grid timestep is the x_0 estimate there (the necessarily first-order
 step to sigma = 0), so the corrector at the last grid point would not change the output and is
