@@ -8,18 +8,21 @@ constructors' `timesteps` is the training diffusion length T and `sample_timeste
 
 from __future__ import annotations
 
+import numbers
+
 __all__ = ["check_steps", "reference_sampler", "resolve_steps"]
 
 
-def check_steps(steps: object, num_timesteps: int, name: str = "steps") -> int:
-    """Validates a step count against a T-step diffusion: an int in [1, T]."""
-    if isinstance(steps, bool) or not isinstance(steps, int):
+def check_steps(steps: object, num_timesteps: int, name: str = "sampling steps") -> int:
+    """`steps` as an int in [1, T] (None = T); a clear ValueError otherwise. The one validation of
+    step counts: samplers, models and configs call it."""
+    if steps is None:
+        return num_timesteps
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"{name} must be a positive integer, got {steps!r}")
-    if steps < 1:
-        raise ValueError(f"{name} must be >= 1, got {steps}")
     if steps > num_timesteps:
-        raise ValueError(f"{name}={steps} is more than the {num_timesteps} timesteps the model was trained with")
-    return steps
+        raise ValueError(f"cannot sample with {steps} steps from a {num_timesteps}-step diffusion ({name})")
+    return int(steps)
 
 
 def resolve_steps(steps: int | None, timesteps: int | None, fallback: int | None = None) -> int | None:

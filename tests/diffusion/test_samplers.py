@@ -1,4 +1,7 @@
-"""Samplers against closed-form cases: for Gaussian data the optimal denoiser is known exactly."""
+"""DDPM and DDIM against closed-form cases: for Gaussian data the optimal denoiser is known exactly.
+
+(The registry's other samplers: test_sampler_registry.py, test_sampler_convergence.py,
+test_sampler_features.py.)"""
 
 import pytest
 import torch
@@ -108,7 +111,7 @@ def test_dispatch_and_bad_steps():
         ddim_sample(gaussian_denoiser(scheduler), (1, 2), scheduler, steps=101)
     with pytest.raises(ValueError, match="positive integer"):
         ddim_sample(gaussian_denoiser(scheduler), (1, 2), scheduler, steps=0)
-    with pytest.raises(ValueError, match="use ddim_sample"):
+    with pytest.raises(ValueError, match="ddpm runs all 100 trained steps"):
         ddpm_sample(gaussian_denoiser(scheduler), (1, 2), scheduler, steps=10)
 
 
