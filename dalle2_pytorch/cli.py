@@ -230,8 +230,13 @@ def _sampler_names() -> list[str]:
 
 
 def _check_sampler(name: str | None) -> str | None:
-    if name is not None and name not in _sampler_names():
-        raise DreamError(f"unknown sampler {name!r}; choose one of {', '.join(_sampler_names())}")
+    from dalle2_pytorch.diffusion import parse_sampler
+
+    if name is not None:
+        try:
+            parse_sampler(name)
+        except ValueError as e:
+            raise DreamError(str(e)) from None
     return name
 
 
@@ -256,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cond-scale", "--decoder-cond-scale", dest="cond_scale", type=float, default=1.0,
                    help="decoder classifier-free guidance scale")
     p.add_argument("--sampler", "--decoder-sampler", dest="sampler", default=None,
-                   help="decoder sampler: " + ", ".join(_sampler_names()) + " (default: the model's own)")
+                   help="decoder sampler: " + ", ".join(_sampler_names()) + ", optionally with a spacing after a colon "
+                   "(dpmpp_2m:trailing, euler:karras); default: the model's own")
     p.add_argument("--prior-sampler", default=None, help="prior sampler (same names; default: the model's own)")
     p.add_argument("--prior-candidates", type=int, default=2, help="prior samples per prompt, reranked by CLIP")
     p.add_argument("--batch-size", type=int, default=8, help="images generated at once")

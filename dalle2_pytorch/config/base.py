@@ -53,14 +53,15 @@ BetaSchedule = Literal["cosine", "linear", "quadratic", "jsd", "sigmoid"]
 
 
 def _check_sampler_name(value: str) -> str:
-    from dalle2_pytorch.diffusion import get_sampler
+    from dalle2_pytorch.diffusion import parse_sampler
 
-    get_sampler(value)  # ValueError listing the registered names
+    parse_sampler(value)  # ValueError listing the registered names / spacings
     return value
 
 
 SamplerName = Annotated[str, AfterValidator(_check_sampler_name)]
-"""A name in the sampler registry (`dalle2_pytorch.diffusion.sampler_names()`)."""
+"""A sampler spec: a registry name (`dalle2_pytorch.diffusion.sampler_names()`), optionally with a
+spacing after a colon (`dpmpp_2m:trailing`, `euler:karras`)."""
 
 
 class LegacyConfigKeyWarning(UserWarning):

@@ -26,6 +26,7 @@ from dalle2_pytorch.diffusion import (
     build_denoiser,
     diffusion_training_loss,
     dynamic_threshold,
+    parse_sampler,
     sample as run_sampler,
     static_threshold,
 )
@@ -184,7 +185,7 @@ class DecoderStage:
         steps = check_steps(default(steps, default(self.sample_timesteps, self.timesteps)), self.timesteps,
                             f"unet {self.unet_number} steps")
         name = default(sampler, default(self.sampler, reference_sampler(steps, self.timesteps)))
-        options = {"eta": self.ddim_sampling_eta} if name == "ddim" else {}
+        options = {"eta": self.ddim_sampling_eta} if parse_sampler(name)[0] == "ddim" else {}
         return name, steps, options
 
     @torch.no_grad()

@@ -36,6 +36,7 @@ from dalle2_pytorch.diffusion import (
     diffusion_training_loss,
     l2norm_clamp,
     objective_from_flags,
+    parse_sampler,
     sample as run_sampler,
 )
 from dalle2_pytorch.diffusion.steps import check_steps, reference_sampler, resolve_steps
@@ -332,7 +333,7 @@ class DiffusionPrior(nn.Module):
         cond = self._text_cond(text_cond["text_embed"], text_cond.get("text_encodings"))
         steps = self._steps(steps, timesteps)
         sampler = default(sampler, default(self.sampler, reference_sampler(steps, self.noise_scheduler.num_timesteps)))
-        if eta is None and sampler == "ddim":
+        if eta is None and parse_sampler(sampler)[0] == "ddim":
             eta = self.ddim_sampling_eta
         x_T = None
         if self.init_image_embed_l2norm:

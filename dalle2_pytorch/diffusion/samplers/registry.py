@@ -19,9 +19,10 @@ from dalle2_pytorch.diffusion.samplers.ddim import ddim_sample
 from dalle2_pytorch.diffusion.samplers.ddpm import ddpm_sample
 from dalle2_pytorch.diffusion.samplers.dpm_solver import dpmpp_2m, dpmpp_2m_sde
 from dalle2_pytorch.diffusion.samplers.karras import euler, euler_ancestral, heun
+from dalle2_pytorch.diffusion.samplers.spacing import SPACINGS
 from dalle2_pytorch.diffusion.samplers.unipc import unipc
 
-__all__ = ["SAMPLERS", "SamplerInfo", "get_sampler", "sample", "sampler_info", "sampler_names"]
+__all__ = ["SAMPLERS", "SamplerInfo", "get_sampler", "parse_sampler", "sample", "sampler_info", "sampler_names"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,28 @@ def sampler_info(name: str) -> SamplerInfo:
     return _BY_NAME[name]
 
 
+def parse_sampler(spec: str) -> tuple[str, dict]:
+    """A sampler spec -> (registry name, spacing options).
+
+    A spec is a registry name, optionally with a timestep spacing after a colon: ``"ddim"``,
+    ``"dpmpp_2m:trailing"``, ``"unipc:leading"``, ``"euler:karras"`` (Karras sigmas). This one string
+    is what models, configs, `DALLE2` and `dream --sampler` take.
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"a sampler must be a name such as 'dpmpp_2m' or 'dpmpp_2m:trailing', got {spec!r}")
+    name, _, spacing = spec.partition(":")
+    sampler_info(name)
+    if not spacing:
+        return name, {}
+    if spacing == "karras":
+        return name, {"karras": True}
+    if spacing not in SPACINGS:
+        raise ValueError(
+            f"unknown timestep spacing {spacing!r} in sampler {spec!r}; choose one of: {', '.join((*SPACINGS, 'karras'))}"
+        )
+    return name, {"spacing": spacing}
+
+
 def get_sampler(name: str) -> Sampler:
     """The sampler function registered as `name`; ValueError listing the valid names if unknown."""
     return sampler_info(name).fn
@@ -99,7 +122,7 @@ def sample(
 ) -> torch.Tensor:
     """Runs sampler `sampler` (a registry name) and returns x_0 (b, ...).
 
-    `sampler=None` keeps the reference-compatible rule: ddpm when `steps` is None or T (unless
+    `sampler` may carry a spacing (:func:`parse_sampler`). `sampler=None` keeps the reference-compatible rule: ddpm when `steps` is None or T (unless
     `use_ddim`), ddim otherwise; on that path `eta` is DDIM's (default 0) and is not passed to
     ddpm (callers hand their configured DDIM eta either way). With a name, `eta` goes to that
     sampler, which refuses values it cannot honour, and `use_ddim` must be None. Other keyword
@@ -114,4 +137,8 @@ def sample(
         return ddpm_sample(denoise, shape, scheduler, steps=steps, **kwargs)
     if use_ddim is not None:
         raise ValueError(f"use_ddim only applies when sampler is None (got sampler={sampler!r})")
-    return get_sampler(sampler)(denoise, shape, scheduler, steps=steps, eta=eta, **kwargs)
+    name, options = parse_sampler(sampler)
+    for key in options:
+        if kwargs.get(key) not in (None, False):
+            raise ValueError(f"sampler {sampler!r} sets {key}; do not pass {key}= as well")
+    return get_sampler(name)(denoise, shape, scheduler, steps=steps, eta=eta, **{**kwargs, **options})
