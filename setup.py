@@ -35,6 +35,10 @@ setup(
         "packaging",
         "pillow",
     ],
+    extras_require={
+        # VQGanVAE (latent decoder stages) and its trainer; importing dalle2_pytorch never needs it
+        "vqgan": ["vector-quantize-pytorch>=1.32"],
+    },
     entry_points={
         "console_scripts": [
             "dream = dalle2_pytorch.cli:dream",

@@ -24,6 +24,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from dalle2_pytorch._helpers import LegacyConfigKeyWarning  # defined low so models can warn with it too
+
 __all__ = [
     "LegacyConfigKeyWarning",
     "StrictModel",
@@ -49,10 +51,6 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 Layout = Literal["1.15.6", "1.1.0"]
 LossType = Literal["l1", "l2", "huber"]
 BetaSchedule = Literal["cosine", "linear", "quadratic", "jsd", "sigmoid"]
-
-
-class LegacyConfigKeyWarning(UserWarning):
-    """A config used a key that the reference dropped or renamed; it was ignored or moved."""
 
 
 # Common spellings that are not field names, mapped to the field they most likely mean. They only
