@@ -34,6 +34,16 @@ _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _COCA_PYTORCH_KEYS = ("unimodal_depth", "multimodal_depth", "num_tokens", "caption_loss_weight", "img_encoder")
 
 
+def _init_uninitialised(model: nn.Module) -> None:
+    """open_clip creates the multimodal decoder's `text_projection` with `torch.empty` and never
+    initialises it; random-weight models get a seeded normal init (std width^-0.5) instead of
+    whatever memory held (which made them non-deterministic and could hold NaN)."""
+    proj = getattr(getattr(model, "text_decoder", None), "text_projection", None)
+    if isinstance(proj, nn.Parameter):
+        with torch.no_grad():
+            proj.normal_(std=proj.shape[0] ** -0.5)
+
+
 class CoCaAdapter(BaseClipAdapter):
     """Frozen adapter around an open_clip CoCa model.
 
@@ -77,6 +87,8 @@ class CoCaAdapter(BaseClipAdapter):
                 clip, pretrained, precision=precision, device=device, model_kwargs=kwargs, quick_gelu=None,
                 cache_dir=cache_dir,
             )
+            if pretrained in (None, False, ""):
+                _init_uninitialised(clip)
         if not (hasattr(clip, "text_decoder") and hasattr(clip, "_encode_image") and hasattr(clip, "text")):
             raise TypeError(
                 f"CoCaAdapter wraps an open_clip CoCa model, got {type(clip).__name__} "

@@ -250,7 +250,8 @@ class VQGanVAETrainer(nn.Module):
         loader_kwargs = dict(batch_size=batch_size, num_workers=num_workers, drop_last=len(self.ds) >= batch_size)
         self.dl = _cycle(DataLoader(self.ds, shuffle=True, generator=generator, **loader_kwargs))
         self.valid_dl = _cycle(DataLoader(self.valid_ds, shuffle=True, generator=torch.Generator().manual_seed(seed + 1),
-                                          batch_size=batch_size, num_workers=num_workers))
+                                          batch_size=batch_size, num_workers=num_workers,
+                                          drop_last=len(self.valid_ds) >= batch_size))
         self.results_folder.mkdir(parents=True, exist_ok=True)
         if resume and find_latest_valid_checkpoint(self.checkpoint_root) is not None:
             self.load(self.checkpoint_root)
