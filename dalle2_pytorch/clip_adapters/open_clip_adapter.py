@@ -345,8 +345,11 @@ class OpenClipAdapter(BaseClipAdapter):
     @torch.no_grad()
     def embed_image(self, images: Tensor) -> EmbeddedImage:
         """(b, 3, h, w) in [0, 1] -> image_embed (b, dim_latent) float32, image_encodings None."""
+        image_embed = self.clip.encode_image(self._prepare_images(images))
+        return EmbeddedImage(l2norm(image_embed.float()), None)
+
+    def _prepare_images(self, images: Tensor) -> Tensor:
+        """Checked, resized, mean/std-normalised images in the vision tower's dtype."""
         images = self.validate_and_resize_image(images)
         images = (images.to(self.image_mean.device, torch.float32) - self.image_mean) / self.image_std
-        dtype = next(self.clip.visual.parameters()).dtype
-        image_embed = self.clip.encode_image(images.to(dtype))
-        return EmbeddedImage(l2norm(image_embed.float()), None)
+        return images.to(next(self.clip.visual.parameters()).dtype)

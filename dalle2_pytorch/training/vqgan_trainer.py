@@ -42,6 +42,7 @@ from dalle2_pytorch.training.checkpoint import (
     save_checkpoint,
     to_safetensors_dict,
     write_checkpoint,
+    write_file_atomic,
 )
 from dalle2_pytorch.training.ema import ema_state_dict, load_ema_state_dict, make_ema
 from dalle2_pytorch.training.optim import get_optimizer
@@ -130,25 +131,8 @@ def export_vqgan_vae(vae: nn.Module, directory: str | os.PathLike, *, reference_
         "config.json": lambda p: _write_json(p, header),
     }, kind="vqgan_vae")
     if reference_file is not None:
-        write_checkpoint_file(Path(reference_file), lambda p: torch.save(weights, p))
+        write_file_atomic(reference_file, lambda p: torch.save(weights, p))
     return out
-
-
-def write_checkpoint_file(path: Path, write: Callable[[Path], None]) -> Path:
-    """Writes one file atomically (temporary sibling + fsync + `os.replace`)."""
-    from dalle2_pytorch.training.checkpoint import _fsync_dir, _fsync_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
 
 
 class VQGanVAETrainer(nn.Module):

@@ -11,18 +11,7 @@ from PIL import Image
 from dalle2_pytorch.training.checkpoint import list_checkpoints, verify_checkpoint
 from dalle2_pytorch.training.vqgan_trainer import VQGanVAETrainer
 from dalle2_pytorch.vqgan_vae import VQGanVAE
-
-TINY = dict(dim=16, image_size=16, layers=1, vq_codebook_size=16, vq_codebook_dim=8, discr_layers=1,
-            encdec_attn_heads=2, encdec_attn_dim_head=8)
-
-
-class StandInVGG(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3)
-
-    def forward(self, x):
-        return self.conv(x).flatten(1)
+from tests.vqgan_vae.helpers import TINY, StandInVGG
 
 
 @pytest.fixture(scope="module")

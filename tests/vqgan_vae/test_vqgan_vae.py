@@ -13,21 +13,9 @@ from safetensors.torch import load_file
 
 from dalle2_pytorch.serialization import safe_torch_load
 from dalle2_pytorch.vqgan_vae import NullVQGanVAE, VQGanVAE, load_vgg16
+from tests.vqgan_vae.helpers import TINY, StandInVGG
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "compat" / "vqgan"
-TINY = dict(dim=16, image_size=16, layers=1, vq_codebook_size=16, vq_codebook_dim=8, discr_layers=1,
-            encdec_attn_heads=2, encdec_attn_dim_head=8)
-
-
-class StandInVGG(torch.nn.Module):
-    """A random 'perceptual network' (tests never download VGG16)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3)
-
-    def forward(self, x):
-        return self.conv(x).flatten(1)
 
 
 def load_io(folder: Path) -> dict:
