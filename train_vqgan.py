@@ -2,7 +2,7 @@
 """Train a VQGAN-VAE (for latent decoder stages) on a folder of images or the embedded demo dataset.
 
     python train_vqgan.py --config_file train_configs/vqgan_tiny_cpu.json
-    python -m dalle2_pytorch.training.vqgan_trainer --config_file my_vqgan.json --max-steps 100
+    python -m dalle2_pytorch.training.scripts.vqgan_script --config_file my_vqgan.json --max-steps 100
 
 See `dalle2_pytorch/training/scripts/vqgan_script.py` for what the run does and
 `python train_vqgan.py --help` for the options.

@@ -1,6 +1,6 @@
 """VQGAN-VAE configs: the model (`VQGanVAE` constructor), its image-folder data and its trainer.
 
-`python -m dalle2_pytorch.training.vqgan_trainer --config train_configs/vqgan_tiny_cpu.json` reads a
+`python train_vqgan.py --config_file train_configs/vqgan_tiny_cpu.json` reads a
 :class:`TrainVQGanVAEConfig`. The reference had no config for its VAE; the field names follow the
 `VQGanVAE` and `VQGanVAETrainer` constructors.
 """

@@ -15,8 +15,8 @@ ever deleted (the reference offered to wipe `results_folder`; here a run resumes
 `ema_beta`, a VAE without discriminator trains, the perceptual network is never optimised,
 `amp` means bfloat16 autocast (no GradScaler), and one process on one device (`device=`).
 
-CLI: ``python -m dalle2_pytorch.training.vqgan_trainer --config train_configs/vqgan_tiny_cpu.json``
-(see `training/scripts/vqgan_script.py`).
+CLI: ``python train_vqgan.py --config_file train_configs/vqgan_tiny_cpu.json`` (or
+``python -m dalle2_pytorch.training.scripts.vqgan_script ...``; see that module).
 """
 
 from __future__ import annotations
@@ -390,10 +390,3 @@ class VQGanVAETrainer(nn.Module):
         ema.config = dict(self.vae.config)
         return ema.copy_for_eval()
 
-
-if __name__ == "__main__":  # python -m dalle2_pytorch.training.vqgan_trainer --config ...
-    import sys
-
-    from dalle2_pytorch.training.scripts.vqgan_script import cli
-
-    sys.exit(cli())

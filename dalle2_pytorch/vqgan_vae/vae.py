@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle2_pytorch.vqgan_vae.discriminator import Discriminator, discriminator_dims
+from dalle2_pytorch.vqgan_vae.files import read_vqgan_vae_weights
 from dalle2_pytorch.vqgan_vae.losses import (
     adaptive_weight,
     bce_discr_loss,
@@ -215,11 +216,52 @@ class VQGanVAE(nn.Module):
         return self
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, config: dict[str, Any] | None = None, **kwargs: Any) -> VQGanVAE:
-        """Loads a VAE file (see :func:`dalle2_pytorch.vqgan_vae.files.load_vqgan_vae`)."""
-        from dalle2_pytorch.vqgan_vae.files import load_vqgan_vae
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        config: dict[str, Any] | None = None,
+        *,
+        map_location: Any = "cpu",
+        strict: bool = True,
+        prefer_ema: bool = True,
+    ) -> VQGanVAE:
+        """Builds a VAE from a file and loads its weights, in eval mode, without perceptual network.
 
-        return load_vqgan_vae(path, config, **kwargs)
+        Args:
+            path: an export / trainer checkpoint folder, or a reference `vae.N.pt` / `vae.N.ema.pt`
+                (see `vqgan_vae/files.py`).
+            config: the constructor keywords; required for files that carry none (the reference's).
+                Discriminator weights in the file are dropped when the config builds none
+                (`use_vgg_and_gan=False`), e.g. to use a training file for latent diffusion only.
+            strict: refuse missing / unexpected keys (mis-shaped keys are always refused).
+
+        Raises:
+            ValueError: no config available, or weights that do not fit it.
+        """
+        state, file_config = read_vqgan_vae_weights(path, prefer_ema=prefer_ema)
+        config = dict(config if config is not None else (file_config or {}))
+        if not config:
+            raise ValueError(f"{path} carries no VQGanVAE config; pass config=<the VQGanVAE constructor keywords>")
+        config.pop("vgg", None)
+        if config.get("use_vgg_and_gan", True):
+            config["use_vgg_and_gan"] = any(k.startswith("discr.") for k in state)
+        if config["use_vgg_and_gan"]:
+            config["vgg"] = nn.Identity()  # loading never needs the perceptual network
+        else:
+            state = {k: v for k, v in state.items() if not k.startswith("discr.")}
+        vae = cls(**config)
+        own = vae.state_dict()
+        mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if mismatched or (strict and (missing or unexpected)):
+            raise ValueError(
+                f"weights in {path} do not fit this VQGanVAE config: missing {missing[:6]}, unexpected "
+                f"{unexpected[:6]}, shape mismatches "
+                f"{[f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in mismatched[:4]]}"
+            )
+        vae.load_state_dict(state, strict=strict)
+        vae.vgg = None
+        return vae.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
 
     # ------------------------------------------------------------------ reference API
     @property

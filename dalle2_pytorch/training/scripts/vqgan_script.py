@@ -1,4 +1,4 @@
-"""Command line of the VQGAN-VAE trainer: `train_vqgan.py` / `python -m dalle2_pytorch.training.vqgan_trainer`.
+"""Command line of the VQGAN-VAE trainer: `train_vqgan.py` / `python -m dalle2_pytorch.training.scripts.vqgan_script`.
 
     python train_vqgan.py --config_file train_configs/vqgan_tiny_cpu.json [--override train.lr=1e-3]
                           [--max-steps N] [--no-resume] [--cpu]
@@ -127,3 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cli() -> int:
     return run_cli(main, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
