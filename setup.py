@@ -12,7 +12,10 @@ EXTRAS = {
     "clip": _CLIP,  # OpenClipAdapter / OpenAIClipAdapter (open_clip), XClipAdapter and x-clip folders
     "train": _TRAIN,  # trainers, training scripts, data loaders, metrics, trackers
     "demo": _TRAIN,  # `make demo`: the embedded dataset, demo CLIP, training lanes, report
-    "test": [*_TRAIN, "pytest", "pytest-timeout", "hypothesis", "import-linter>=2.1", "torch-fidelity"],
+    "test": [*_TRAIN, "pytest", "pytest-timeout", "hypothesis", "import-linter>=2.1", "torch-fidelity",
+             "vector-quantize-pytorch>=1.32"],
+    # VQGanVAE (latent decoder stages) and its trainer; importing dalle2_pytorch never needs it
+    "vqgan": ["vector-quantize-pytorch>=1.32"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

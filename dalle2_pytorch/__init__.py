@@ -1,7 +1,8 @@
 """dalle2_pytorch: DALL-E 2 (unCLIP) in PyTorch, a drop-in for dalle2-pytorch 1.15.6.
 
-Public names match the reference package. Heavy optional pieces (trainers, x-clip) are imported on
-first access, so `import dalle2_pytorch` stays light and has no side effects.
+Public names match the reference package. Heavy optional pieces (trainers, x-clip, the VQGAN-VAE and
+its vector-quantize-pytorch dependency) are imported on first access, so `import dalle2_pytorch`
+stays light and has no side effects.
 """
 
 from dalle2_pytorch.clip_adapters import BaseClipAdapter, OpenAIClipAdapter, OpenClipAdapter, XClipAdapter
@@ -22,6 +23,7 @@ __all__ = [
     "OpenAIClipAdapter",
     "OpenClipAdapter",
     "Unet",
+    "VQGanVAE",
     "XClipAdapter",
     "__version__",
 ]
@@ -32,6 +34,10 @@ def __getattr__(name: str):
         from x_clip import CLIP
 
         return CLIP
+    if name == "VQGanVAE":
+        from dalle2_pytorch.vqgan_vae import VQGanVAE
+
+        return VQGanVAE
     if name in ("DiffusionPriorTrainer", "DecoderTrainer"):
         from dalle2_pytorch import trainer
 

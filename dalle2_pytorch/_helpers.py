@@ -7,6 +7,10 @@ from typing import Any, Iterable, TypeVar
 T = TypeVar("T")
 
 
+class LegacyConfigKeyWarning(UserWarning):
+    """A config or constructor used a key that the reference dropped or renamed; it was ignored or moved."""
+
+
 def exists(value: Any) -> bool:
     return value is not None
 

@@ -2,10 +2,10 @@
 
 * :class:`XClipAdapter` wraps an `x_clip.CLIP` (trainable CLIP, `dalle2_pytorch.CLIP`);
 * :class:`OpenClipAdapter` wraps any open_clip text-transformer CLIP (LAION weights);
-* :class:`OpenAIClipAdapter` builds OpenAI's CLIPs through open_clip (no `clip-anytorch`).
+* :class:`OpenAIClipAdapter` builds OpenAI's CLIPs through open_clip (no `clip-anytorch`);
+* :class:`CoCaAdapter` wraps open_clip's CoCa models (`coca_ViT-B-32`, ...).
 
 `build_clip_adapter(make, model, ...)` maps the reference config's `make` values to adapters.
-CoCa (`coca_pytorch`) adapters are not provided.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from dalle2_pytorch._extras import import_optional
 from dalle2_pytorch.clip_adapters.base import BaseClipAdapter, EmbeddedImage, EmbeddedText
+from dalle2_pytorch.clip_adapters.coca_adapter import CoCaAdapter
 from dalle2_pytorch.clip_adapters.open_clip_adapter import (
     OpenClipAdapter,
     load_clip_state_dict,
@@ -30,6 +31,7 @@ from dalle2_pytorch.clip_adapters.x_clip_folder import is_clip_folder, load_clip
 __all__ = [
     "CLIP_ADAPTER_MAKES",
     "BaseClipAdapter",
+    "CoCaAdapter",
     "EmbeddedImage",
     "EmbeddedText",
     "OpenAIClipAdapter",
@@ -68,13 +70,15 @@ def build_clip_adapter(
     """Builds an adapter from the reference `AdapterConfig` fields.
 
     Args:
-        make: 'openai', 'open_clip', 'x-clip' (also 'x_clip') or 'coca' (not supported).
-        model: architecture name for 'openai' (default 'ViT-L/14') and 'open_clip' (required).
+        make: 'openai', 'open_clip', 'x-clip' (also 'x_clip') or 'coca'.
+        model: architecture name for 'openai' (default 'ViT-L/14'), 'open_clip' (required) and
+            'coca' (an open_clip CoCa model, default 'coca_ViT-B-32'); for 'openai' also a path to
+            an OpenAI CLIP file.
         pretrained: True = default weights ('openai': OpenAI's; 'open_clip': the last tag open_clip
             lists for the architecture, as the reference config did); False/None = random weights;
             a tag (open_clip) or a local weights file. For 'x-clip' only a file path loads weights.
         base_model_kwargs: x-clip `CLIP(**kwargs)` arguments; open_clip config overrides for
-            'openai'/'open_clip'.
+            'openai'/'open_clip'/'coca'.
             For 'x-clip', `model` may instead name a folder saved by
             :func:`~dalle2_pytorch.clip_adapters.x_clip_folder.save_clip` (`clip_config.json` +
             `clip.safetensors`, tokenizer included), which is loaded whole.
@@ -82,7 +86,6 @@ def build_clip_adapter(
 
     Raises:
         ValueError: unknown `make`, missing `model`, unknown tag.
-        NotImplementedError: make='coca'.
     """
     make_key = make.lower().replace("_", "-") if isinstance(make, str) else make
     if make_key == "openai":
@@ -111,8 +114,8 @@ def build_clip_adapter(
             load_weights_into(clip, load_clip_state_dict(pretrained), source=os.fspath(pretrained))
         return XClipAdapter(clip, **kwargs)
     if make_key == "coca":
-        raise NotImplementedError(
-            "CoCa CLIP adapters are not supported (coca_pytorch is not a dependency); use 'openai', "
-            "'open_clip' or 'x-clip'"
-        )
+        name = model if model and model != "ViT-L/14" else "coca_ViT-B-32"  # ViT-L/14: the schema's default
+        if pretrained is True:
+            pretrained = _default_open_clip_tag(open_clip_model_name(name))
+        return CoCaAdapter(name, pretrained=pretrained or None, model_kwargs=base_model_kwargs, **kwargs)
     raise ValueError(f"unknown CLIP adapter make {make!r}; expected one of {list(CLIP_ADAPTER_MAKES)}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,24 +65,17 @@ def open_clip_model_name(name: str) -> str:
     return name.replace("/", "-")
 
 
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
-
-
 def load_clip_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Reads CLIP weights from a local state-dict file, safely.
 
-    Accepts `.safetensors`, or torch files holding a state dict (optionally under `state_dict`,
-    optionally with a DistributedDataParallel `module.` prefix). TorchScript archives (OpenAI's
-    original `.pt` downloads) are refused because reading them means executing their code.
+    Accepts `.safetensors`, torch files holding a state dict (optionally under `state_dict`,
+    optionally with a DistributedDataParallel `module.` prefix), and TorchScript archives (OpenAI's
+    original `.pt` downloads), whose tensors are read without running their code
+    (:mod:`dalle2_pytorch.clip_adapters.torchscript_weights`; attention-mask attributes dropped).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: TorchScript archive, or the file does not hold a state dict of tensors.
+        ValueError: the file does not hold a state dict of tensors.
     """
     path = Path(path)
     if not path.is_file():
@@ -93,18 +85,14 @@ def load_clip_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
         state = load_file(str(path), device="cpu")
     else:
-        if _is_torchscript_archive(path):
-            raise ValueError(
-                f"{path} is a TorchScript archive (OpenAI's original CLIP download). Loading it would run "
-                "its code, so it is refused. Convert it once in a trusted environment, e.g. "
-                "`safetensors.torch.save_file({k: v.float().contiguous() for k, v in "
-                "torch.jit.load(path, map_location='cpu').state_dict().items() if k not in "
-                "('input_resolution', 'context_length', 'vocab_size')}, 'clip.safetensors')`, "
-                "or use pretrained=True to fetch open_clip's safetensors copy."
-            )
-        from dalle2_pytorch.serialization import safe_torch_load
+        from dalle2_pytorch.clip_adapters.torchscript_weights import is_torchscript_archive, read_torchscript_tensors
 
-        state = safe_torch_load(path)
+        if is_torchscript_archive(path):
+            state = {k: v for k, v in read_torchscript_tensors(path).items() if not k.endswith("attn_mask")}
+        else:
+            from dalle2_pytorch.serialization import safe_torch_load
+
+            state = safe_torch_load(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
@@ -358,8 +346,11 @@ class OpenClipAdapter(BaseClipAdapter):
     @torch.no_grad()
     def embed_image(self, images: Tensor) -> EmbeddedImage:
         """(b, 3, h, w) in [0, 1] -> image_embed (b, dim_latent) float32, image_encodings None."""
+        image_embed = self.clip.encode_image(self._prepare_images(images))
+        return EmbeddedImage(l2norm(image_embed.float()), None)
+
+    def _prepare_images(self, images: Tensor) -> Tensor:
+        """Checked, resized, mean/std-normalised images in the vision tower's dtype."""
         images = self.validate_and_resize_image(images)
         images = (images.to(self.image_mean.device, torch.float32) - self.image_mean) / self.image_std
-        dtype = next(self.clip.visual.parameters()).dtype
-        image_embed = self.clip.encode_image(images.to(dtype))
-        return EmbeddedImage(l2norm(image_embed.float()), None)
+        return images.to(next(self.clip.visual.parameters()).dtype)

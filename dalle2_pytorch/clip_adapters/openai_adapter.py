@@ -18,9 +18,32 @@ import torch
 
 from dalle2_pytorch.clip_adapters.open_clip_adapter import OpenClipAdapter, open_clip_model_name
 
-__all__ = ["OpenAIClipAdapter"]
+__all__ = ["OpenAIClipAdapter", "build_openai_clip_from_file"]
 
 OPENAI_MODELS = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px")
+
+
+def build_openai_clip_from_file(path: str | os.PathLike, *, precision: str = "fp32",
+                                device: str | torch.device | None = None) -> torch.nn.Module:
+    """An open_clip CLIP with OpenAI's architecture (QuickGELU) sized from the weights in `path`.
+
+    open_clip's `build_model_from_openai_state_dict` infers the architecture (widths, layers, patch
+    size, image size, context length) from the state dict; the weights are then loaded at full
+    precision, strictly.
+    """
+    from open_clip.model import build_model_from_openai_state_dict
+
+    from dalle2_pytorch.clip_adapters.open_clip_adapter import load_clip_state_dict, load_weights_into
+
+    state = load_clip_state_dict(path)
+    try:
+        model = build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=None).float()
+    except (KeyError, RuntimeError, AssertionError) as e:
+        raise ValueError(f"{path} does not hold OpenAI CLIP weights ({type(e).__name__}: {e})") from e
+    load_weights_into(model, {k: v.float() for k, v in state.items()}, source=os.fspath(path))
+    if precision in ("fp16", "bf16"):
+        model = model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+    return model.to(device or "cpu").eval()
 
 
 class OpenAIClipAdapter(OpenClipAdapter):
@@ -30,6 +53,9 @@ class OpenAIClipAdapter(OpenClipAdapter):
         name: one of 'RN50', 'RN101', 'RN50x4', 'RN50x16', 'RN50x64', 'ViT-B/32', 'ViT-B/16',
             'ViT-L/14', 'ViT-L/14@336px' (hyphenated spellings accepted). The default is the
             reference's 'ViT-B/32'; LAION's DALLE2-pytorch checkpoints need 'ViT-L/14'.
+            As in the reference (`clip.load`), a path to an OpenAI CLIP file (its original
+            TorchScript `.pt`, read without running its code, or a state dict / `.safetensors`)
+            is accepted too: the architecture is read from the weights and `pretrained` is not used.
         pretrained: True for OpenAI's weights (downloaded into open_clip's cache), False/None for
             random weights of the OpenAI architecture, or a local weights file path (`.safetensors`,
             or a torch state dict; TorchScript archives are refused, see `load_clip_state_dict`).
@@ -47,6 +73,12 @@ class OpenAIClipAdapter(OpenClipAdapter):
         model_kwargs: dict[str, Any] | None = None,
         cache_dir: str | None = None,
     ) -> None:
+        if isinstance(name, (str, os.PathLike)) and os.path.isfile(os.fspath(name)):
+            super().__init__(
+                os.fspath(name), pretrained=None, precision=precision, device=device, tokenizer=tokenizer,
+                model=build_openai_clip_from_file(name, precision=precision, device=device),
+            )
+            return
         arch = open_clip_model_name(name)
         known = {open_clip_model_name(m) for m in OPENAI_MODELS}
         if arch not in known:

@@ -52,7 +52,7 @@ def _load_one(path, config, *, map_location, strict):
     loaded = read_weights(path, map_location=map_location)
     layout = detect_decoder_layout(loaded.state_dict)
     unet_state, schedules, other = convert_decoder_state_dict(loaded.state_dict, layout)
-    cfg = resolve_config_source(config, loaded.config, "decoder", "decoder")
+    cfg = _reference_lowres_mode(_decoder_config(resolve_config_source(config, loaded.config, "decoder", "decoder")), loaded)
     decoder = build_decoder_from_config(cfg, layout=layout)
     per_unet = split_unet_state_dicts(unet_state)
     for i, unet in enumerate(decoder.unets):
@@ -68,6 +68,16 @@ def _load_one(path, config, *, map_location, strict):
     if any(k.startswith("vaes.") for k in other):
         raise NotImplementedError(f"{loaded.source} contains VQGAN-VAE stages (vaes.*), which are not supported")
     return decoder, loaded, layout, {k: v for k, v in other.items() if k.startswith("clip.")}
+
+
+def _reference_lowres_mode(cfg, loaded):
+    """Files written by the reference (1.1.0 or 1.15.6, LAION's included) were trained on low-res
+    conditions made by nearest-neighbour down- and up-sampling: keep that for them unless the config
+    says otherwise (our own exports always record `lowres_downsample_mode`)."""
+    if loaded.kind.startswith("reference") and "lowres_downsample_mode" not in cfg.model_fields_set:
+        loaded.notes.append("reference file: low-res conditioning downsamples with nearest neighbour, as it was trained")
+        return cfg.model_copy(update={"lowres_downsample_mode": "nearest"})
+    return cfg
 
 
 def _check_schedules(decoder, schedules: dict, source: str) -> None:

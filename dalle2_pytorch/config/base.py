@@ -24,6 +24,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from dalle2_pytorch._helpers import LegacyConfigKeyWarning  # defined low so models can warn with it too
+
 __all__ = [
     "LegacyConfigKeyWarning",
     "StrictModel",
@@ -62,10 +64,6 @@ def _check_sampler_name(value: str) -> str:
 SamplerName = Annotated[str, AfterValidator(_check_sampler_name)]
 """A sampler spec: a registry name (`dalle2_pytorch.diffusion.sampler_names()`), optionally with a
 spacing after a colon (`dpmpp_2m:trailing`, `euler:karras`)."""
-
-
-class LegacyConfigKeyWarning(UserWarning):
-    """A config used a key that the reference dropped or renamed; it was ignored or moved."""
 
 
 # Common spellings that are not field names, mapped to the field they most likely mean. They only

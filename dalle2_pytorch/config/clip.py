@@ -21,8 +21,9 @@ class AdapterConfig(StrictModel):
     model: str = "ViT-L/14"
     """Architecture name, e.g. 'ViT-L/14' (openai) or 'ViT-H-14' (open_clip)."""
     base_model_kwargs: dict[str, Any] | None = None
-    """Model arguments: required for 'x-clip' (the x-clip `CLIP` constructor arguments) and
-    'coca'; for 'openai' / 'open_clip', overrides of the model config."""
+    """Model arguments: required for 'x-clip' (the x-clip `CLIP` constructor arguments); for
+    'openai' / 'open_clip' / 'coca' (an open_clip CoCa such as 'coca_ViT-B-32'), overrides of the
+    open_clip model config."""
     pretrained: bool | str | None = True
     """(Extension) weights: true = default weights ('open_clip': the last tag open_clip lists for
     the architecture, as the reference did), false/null = random init, or an open_clip tag /
@@ -32,11 +33,10 @@ class AdapterConfig(StrictModel):
     def _check_kwargs(self) -> AdapterConfig:
         # x-clip may instead name a saved model folder in `model` (checked when the adapter is built)
         saved_folder = self.make == "x-clip" and self.model not in (None, "", "ViT-L/14")
-        if self.make in ("x-clip", "coca") and not self.base_model_kwargs and not saved_folder:
+        if self.make == "x-clip" and not self.base_model_kwargs and not saved_folder:
             raise ValueError(
-                f"clip.make={self.make!r} builds a model from scratch and needs "
-                "clip.base_model_kwargs (its constructor arguments), or for x-clip a saved model folder "
-                "in clip.model"
+                "clip.make='x-clip' builds a model from scratch and needs clip.base_model_kwargs (its "
+                "constructor arguments), or a saved model folder in clip.model"
             )
         return self
 

@@ -8,11 +8,20 @@ anything else is an error.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import model_validator
 
 from .base import Probability, StrictModel
+
+
+def _trackers(submodule: str | None = None) -> Any:
+    """The training trackers (applications layer), imported by name: configs sit below the
+    applications, and `create()` is the reference's one-line façade onto them."""
+    import importlib
+
+    name = "dalle2_pytorch.training.trackers" + (f".{submodule}" if submodule else "")
+    return importlib.import_module(name)
 
 __all__ = [
     "TrainSplitConfig",
@@ -71,6 +80,14 @@ class TrackerLogConfig(StrictModel):
             raise ValueError("tracker.log.log_type='wandb' needs tracker.log.wandb_project")
         return self
 
+    def create(self, data_path: str) -> Any:
+        """The logger (`ConsoleLogger` / `WandbLogger`), as the reference's `create`."""
+        create_logger = _trackers().create_logger
+        kwargs = self.model_dump(exclude={"log_type"})
+        if self.log_type != "wandb":
+            kwargs = {k: v for k, v in kwargs.items() if not k.startswith("wandb_")}
+        return create_logger(self.log_type, data_path, **kwargs)
+
 
 class TrackerLoadConfig(StrictModel):
     """Where to load a checkpoint from before training (resume or fine-tune)."""
@@ -96,6 +113,10 @@ class TrackerLoadConfig(StrictModel):
                 f"tracker.load.load_from={self.load_from!r} needs tracker.load.{required[self.load_from]}"
             )
         return self
+
+    def create(self, data_path: str) -> Any:
+        """The loader (`LocalLoader` / `UrlLoader` / `WandbLoader`), or None when `load_from` is null."""
+        return _trackers("targets").loader_from_config(self, data_path)
 
 
 class TrackerSaveConfig(StrictModel):
@@ -130,6 +151,10 @@ class TrackerSaveConfig(StrictModel):
             raise ValueError("tracker.save.save_to='huggingface' needs tracker.save.huggingface_repo")
         return self
 
+    def create(self, data_path: str) -> Any:
+        """The saver (`LocalSaver` / `WandbSaver` / `HuggingfaceSaver`), as the reference's `create`."""
+        return _trackers("targets").saver_from_config(self, data_path)
+
 
 class TrackerConfig(StrictModel):
     """Logging, checkpoint loading and saving for a training run."""
@@ -152,6 +177,20 @@ class TrackerConfig(StrictModel):
     """Checkpoint to load before training; None: start fresh."""
     save: TrackerSaveConfig | list[TrackerSaveConfig]
     """One save target or a list of them."""
+
+    def create(self, full_config: Any = None, extra_config: dict | None = None, dummy_mode: bool = False,
+               accelerator: Any = None) -> Any:
+        """A started `Tracker` (logger, loader and savers from this config), as the reference's
+        `create`; `dummy_mode` (the reference's non-main processes) skips starting the logger."""
+        tracker = _trackers().Tracker(
+            self.data_path, logger=self.log.create(self.data_path), accelerator=accelerator,
+            save_configs=[save.create(self.data_path) for save in self.save_configs],
+            load_config=self.load.create(self.data_path) if self.load is not None else None,
+            auto_resume=self.log.auto_resume, overwrite_data_path=self.overwrite_data_path,
+        )
+        if not dummy_mode:
+            tracker.init(full_config, extra_config)
+        return tracker
 
     @property
     def save_configs(self) -> list[TrackerSaveConfig]:

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
+from dalle2_pytorch.decoder.unet import LEGACY_UNET_KWARGS
+
 from .base import Layout, NonNegativeInt, PositiveInt, StrictModel, constructor_kwargs
 
 __all__ = ["UnetConfig"]
@@ -17,9 +19,7 @@ _PER_STAGE = ("self_attn", "resnet_groups", "num_resnet_blocks")
 class UnetConfig(StrictModel):
     """One decoder `Unet`. Defaults equal the `Unet` constructor defaults."""
 
-    _legacy_keys = {
-        "sparse_attn_window": "documented in the reference README but never had an effect",
-    }
+    _legacy_keys = LEGACY_UNET_KWARGS
 
     dim: PositiveInt
     """Base channel width; stage i has dim * dim_mults[i] channels."""

@@ -8,7 +8,8 @@ a fixed level when noise augmentation was used, and never blurred.
 
 Difference from the reference: downsampling is antialiased (area-weighted bilinear) by default; the
 reference used nearest-neighbour resizes for training targets and conditions, which aliases.
-`downsample_mode="nearest"` restores the reference behaviour (e.g. to fine-tune a LAION upsampler).
+`downsample_mode="nearest"` restores the reference behaviour; `Decoder.from_checkpoint` selects it for
+files written by the reference (LAION's included), whose upsamplers were trained on it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ keys are renamed by :mod:`dalle2_pytorch.compat.decoder_keys`. Input checks live
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from dalle2_pytorch._helpers import cast_tuple, default, first
+from dalle2_pytorch._helpers import LegacyConfigKeyWarning, cast_tuple, default, first
 from dalle2_pytorch.decoder.attention import Residual, SelfAttention, ToSequence, check_layout
 from dalle2_pytorch.decoder.blocks import CrossEmbedLayer, ResnetBlock, UpsampleCombiner, check_groups
 from dalle2_pytorch.decoder.unet_inputs import UnetInputs, keep_mask, prepare_unet_inputs, resolve_noise_level
@@ -39,6 +40,9 @@ from dalle2_pytorch.diffusion.guidance import guided_forward
 from dalle2_pytorch.layers.embeddings import SinusoidalPosEmb
 
 __all__ = ["Unet"]
+
+#: keywords the reference accepted (its README passes them) but never used: warned about and ignored
+LEGACY_UNET_KWARGS = {"sparse_attn_window": "documented in the reference README but never had an effect"}
 
 _CASTABLE = (
     "lowres_cond", "lowres_noise_cond", "channels", "channels_out", "cond_on_image_embeds", "cond_on_text_encodings",
@@ -94,7 +98,8 @@ class Unet(nn.Module):
         layout: "1.15.6" or "1.1.0" (see the module docstring).
 
     Raises:
-        TypeError: unknown keyword arguments (the reference silently ignored them).
+        TypeError: unknown keyword arguments (the reference silently ignored them); the README's
+            `sparse_attn_window` is accepted with a `LegacyConfigKeyWarning`, as in `UnetConfig`.
         ValueError: inconsistent options (missing embed dims, GroupNorm divisibility, bad layout).
     """
 
@@ -143,6 +148,9 @@ class Unet(nn.Module):
         layout: str = "1.15.6",
         **kwargs: Any,
     ):
+        for key in [k for k in kwargs if k in LEGACY_UNET_KWARGS]:
+            kwargs.pop(key)
+            warnings.warn(f"Unet: ignoring legacy key {key!r} ({LEGACY_UNET_KWARGS[key]})", LegacyConfigKeyWarning, stacklevel=2)
         if kwargs:
             raise TypeError(f"Unet got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
         config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}

@@ -56,6 +56,7 @@ __all__ = [
     "to_safetensors_dict",
     "verify_checkpoint",
     "write_checkpoint",
+    "write_file_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,22 @@ def write_checkpoint(final_dir: str | os.PathLike, writers: Mapping[str, Callabl
         raise
     _remove_stale_temporaries(parent, final_dir.name)
     return final_dir
+
+
+def write_file_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Writes one file atomically: `write(tmp)` into a sibling temporary file, fsync, `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
 
 
 def _write_json(path: Path, obj: Any) -> None:

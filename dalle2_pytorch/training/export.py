@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dalle2_pytorch.training.checkpoint import _fsync_dir, _fsync_file, _jsonable, _write_json, to_safetensors_dict, write_checkpoint
+from dalle2_pytorch.training.checkpoint import _jsonable, _write_json, to_safetensors_dict, write_checkpoint, write_file_atomic
 from dalle2_pytorch.version import REFERENCE_VERSION, __version__
 
 __all__ = ["EXPORT_FORMAT", "export_model", "export_reference_model", "infer_kind"]
@@ -138,14 +137,4 @@ def export_reference_model(
     elif config is not None:
         raise ValueError("reference prior files carry no config; keep the prior config JSON beside the file")
     obj["model"] = reference_state_dict(model, exclude_prefixes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        torch.save(obj, tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
+    return write_file_atomic(path, lambda tmp: torch.save(obj, tmp))

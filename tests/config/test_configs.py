@@ -35,6 +35,10 @@ DUMPS = sorted(COMPAT.glob("*/config.json"))
 
 
 def _config_class(data: dict) -> type[BaseModel]:
+    if "vae" in data:  # train_vqgan.py configs
+        from dalle2_pytorch.config.vqgan import TrainVQGanVAEConfig
+
+        return TrainVQGanVAEConfig
     return TrainDecoderConfig if "decoder" in data else TrainDiffusionPriorConfig
 
 

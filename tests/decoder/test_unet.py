@@ -327,7 +327,7 @@ def test_missing_conditioning_inputs() -> None:
 @pytest.mark.parametrize(
     "overrides, error, message",
     [
-        (dict(sparse_attn_window=8, foo=1), TypeError, "foo, sparse_attn_window"),
+        (dict(bar=8, foo=1), TypeError, "bar, foo"),  # sparse_attn_window: a legacy key (warning)
         (dict(dim=12), ValueError, "divisible by resnet_groups"),
         (dict(resnet_groups=(8, 5)), ValueError, "stage 1"),
         (dict(image_embed_dim=None), ValueError, "image_embed_dim is required"),

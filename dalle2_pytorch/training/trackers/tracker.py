@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dalle2_pytorch.training.checkpoint import find_latest_valid_checkpoint
 from dalle2_pytorch.training.trackers.images import is_main_process
-from dalle2_pytorch.training.trackers.loggers import BaseLogger, ConsoleLogger, WandbLogger, create_logger
+from dalle2_pytorch.training.trackers.loggers import BaseLogger, ConsoleLogger, create_logger
+from dalle2_pytorch.training.trackers.targets import loader_from_config, saver_from_config
 
 __all__ = ["Tracker"]
 
@@ -106,6 +106,19 @@ class Tracker:
             auto_resume=bool(_get(log, "auto_resume", False)),
             overwrite_data_path=bool(_get(config, "overwrite_data_path", False)),
         )
+
+    # ------------------------------------------------------------------ the reference's assembly API
+    def add_logger(self, logger: BaseLogger) -> None:
+        """Replaces the logger (reference API)."""
+        self.logger = logger
+
+    def add_loader(self, loader: Any) -> None:
+        """Sets what `recall` loads: a loader (`LocalLoader`, ...) or a load config (reference API)."""
+        self.load_config = loader
+
+    def add_saver(self, saver: Any) -> None:
+        """Adds a save target: a saver (`LocalSaver`, ...) or a save config (reference API)."""
+        self.save_configs.append(saver)
 
     # ------------------------------------------------------------------ logging
 
@@ -200,25 +213,9 @@ class Tracker:
         return path
 
     def _upload(self, save_to: str, cfg: Any, path: Path, template: str) -> None:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        if save_to == "wandb":
-            if not isinstance(self.logger, WandbLogger):
-                raise ValueError("save_to='wandb' needs the wandb logger (tracker.log.log_type='wandb')")
-            for f in files:
-                self.logger.log_file(f)
-        elif save_to == "huggingface":
-            from huggingface_hub import HfApi
-
-            token_path = _get(cfg, "token_path")
-            token = Path(token_path).read_text().strip() if token_path else None
-            api = HfApi(token=token)
-            repo = _get(cfg, "huggingface_repo")
-            if path.is_dir():
-                api.upload_folder(repo_id=repo, folder_path=str(path), path_in_repo=template)
-            else:
-                api.upload_file(repo_id=repo, path_or_fileobj=str(path), path_in_repo=template)
-        else:
-            raise ValueError(f"unknown save_to {save_to!r}")
+        saver = saver_from_config(cfg, self.data_path)
+        saver.init(self.logger)
+        saver.save_file(path, template)
 
     # ------------------------------------------------------------------ recalling
 
@@ -227,28 +224,10 @@ class Tracker:
         load source. Returns the checkpoint metadata, or None when there is nothing to load."""
         if self.auto_resume and find_latest_valid_checkpoint(self.checkpoint_root) is not None:
             return trainer.load(self.checkpoint_root, only_model=only_model, strict=strict)
-        cfg = self.load_config
-        load_from = _get(cfg, "load_from") if cfg is not None else None
-        if load_from is None or _get(cfg, "only_auto_resume", False):
+        loader = loader_from_config(self.load_config, self.data_path)
+        if loader is None or loader.only_auto_resume:
             return None
-        if load_from == "local":
-            path = Path(_get(cfg, "file_path"))
-        elif load_from == "url":
-            url = _get(cfg, "url")
-            path = self.data_path / "downloads" / Path(url.split("?")[0]).name
-            if self.is_main_process:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                urllib.request.urlretrieve(url, path)
-            self._barrier()
-        elif load_from == "wandb":
-            import wandb
-
-            if self.is_main_process:
-                wandb.restore(_get(cfg, "wandb_file_path"), run_path=_get(cfg, "wandb_run_path"), root=str(self.data_path / "downloads"))
-            self._barrier()
-            path = self.data_path / "downloads" / _get(cfg, "wandb_file_path")
-        else:
-            raise ValueError(f"unknown load_from {load_from!r}")
+        path = loader.fetch(is_main_process=self.is_main_process, barrier=self._barrier)
         return trainer.load(path, only_model=only_model, strict=strict)
 
     def _barrier(self) -> None:
