@@ -37,13 +37,15 @@ def _decoder_config(config: Any):
     raise TypeError(f"config must be a dict, a JSON path or a decoder config object, got {type(config).__name__}")
 
 
-def build_decoder_from_config(config: Any, *, layout: str | None = None, clip: Any = None):
-    """Builds a Decoder (without CLIP unless `clip` is given); `layout` overrides every unet's layout."""
+def build_decoder_from_config(config: Any, *, layout: str | None = None, clip: Any = None, load_vae_weights: bool = True):
+    """Builds a Decoder (without CLIP unless `clip` is given); `layout` overrides every unet's layout;
+    `load_vae_weights=False` builds latent stages' VAEs without reading their files (a checkpoint's
+    `vaes.N.*` weights follow)."""
     cfg = _decoder_config(config)
     if layout is not None:
         unets = [u if u.layout == layout else u.model_copy(update={"layout": layout}) for u in cfg.unets]
         cfg = cfg.model_copy(update={"unets": unets})
-    decoder = cfg.create(clip=clip, build_clip=False)
+    decoder = cfg.create(clip=clip, build_clip=False, load_vae_weights=load_vae_weights)
     decoder.config = cfg.model_dump(mode="json")
     return decoder
 
@@ -53,7 +55,9 @@ def _load_one(path, config, *, map_location, strict):
     layout = detect_decoder_layout(loaded.state_dict)
     unet_state, schedules, other = convert_decoder_state_dict(loaded.state_dict, layout)
     cfg = _reference_lowres_mode(_decoder_config(resolve_config_source(config, loaded.config, "decoder", "decoder")), loaded)
-    decoder = build_decoder_from_config(cfg, layout=layout)
+    vae_state = {k: v for k, v in other.items() if k.startswith("vaes.")}
+    decoder = build_decoder_from_config(cfg, layout=layout, load_vae_weights=not vae_state)
+    _check_vae_stages(decoder, vae_state, loaded.source)
     per_unet = split_unet_state_dicts(unet_state)
     for i, unet in enumerate(decoder.unets):
         state = per_unet.get(i, {})
@@ -65,9 +69,34 @@ def _load_one(path, config, *, map_location, strict):
     if extra:
         raise ValueError(f"{loaded.source} holds weights for unets {[i + 1 for i in extra]} the config does not define")
     _check_schedules(decoder, schedules, loaded.source)
-    if any(k.startswith("vaes.") for k in other):
-        raise NotImplementedError(f"{loaded.source} contains VQGAN-VAE stages (vaes.*), which are not supported")
+    _load_vaes(decoder, vae_state, loaded.source, strict)
     return decoder, loaded, layout, {k: v for k, v in other.items() if k.startswith("clip.")}
+
+
+def _check_vae_stages(decoder, vae_state: dict, source: str) -> None:
+    """The file's VQGAN-VAE stages (`vaes.N.*` keys) must be latent stages of the config."""
+    latent = {i for i, s in enumerate(decoder.stage_settings) if s.latent}
+    missing = sorted({int(k.split(".")[1]) for k in vae_state} - latent)
+    if missing:
+        raise ValueError(
+            f"{source} has VQGAN-VAE stages (vaes.{missing[0]}.*) but the config defines none for unet "
+            f"{missing[0] + 1}: give a decoder config whose `vaes` lists each latent stage's VAE "
+            '(e.g. {"config": <VQGanVAE constructor fields>})'
+        )
+
+
+def _load_vaes(decoder, vae_state: dict, source: str, strict: bool) -> None:
+    """The `vaes.N.*` weights of latent stages (a discriminator the file may carry is dropped)."""
+    latent = [i for i, s in enumerate(decoder.stage_settings) if s.latent]
+    for i in latent:
+        prefix = f"vaes.{i}."
+        state = {k[len(prefix):]: v for k, v in vae_state.items() if k.startswith(prefix) and not k.startswith(prefix + "discr.")}
+        if not state:
+            continue  # the VAE's weights came from its own file (config `path`)
+        vae = decoder.vaes[i]
+        if strict:
+            check_state_dict({k: tuple(v.shape) for k, v in vae.state_dict().items()}, state, f"{source}: vae of unet {i + 1}")
+        vae.load_state_dict(state, strict=strict)
 
 
 def _reference_lowres_mode(cfg, loaded):

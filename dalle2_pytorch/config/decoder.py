@@ -32,6 +32,7 @@ from .base import (
 from .clip import AdapterConfig
 from .tracker import TrackerConfig, TrainSplitConfig
 from .unet import UnetConfig
+from .vqgan import VQGanVAEConfig
 
 __all__ = [
     "UnetConfig",
@@ -56,6 +57,32 @@ _PER_UNET = (
 
 # image transforms accepted in DecoderDataConfig.preprocessing (torchvision.transforms names)
 _TRANSFORMS = ("RandomResizedCrop", "RandomHorizontalFlip", "Resize", "CenterCrop", "ToTensor")
+
+
+class DecoderVAEConfig(StrictModel):
+    """The VQGAN-VAE of a latent decoder stage: a trained file and/or its constructor fields."""
+
+    path: str | None = None
+    """Trained VAE weights: an export / trainer checkpoint folder, or a reference `vae.N.pt`."""
+    config: VQGanVAEConfig | None = None
+    """`VQGanVAE` constructor fields (required when `path` carries none, or when there is no `path`)."""
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DecoderVAEConfig:
+        if self.path is None and self.config is None:
+            raise ValueError("a decoder VAE needs `path` (trained weights) or `config` (constructor fields)")
+        return self
+
+    def create(self, *, load_weights: bool = True) -> Any:
+        """The VAE: weights from `path` when `load_weights`, else freshly built from the config (whose
+        weights a decoder checkpoint then provides)."""
+        from dalle2_pytorch.vqgan_vae import VQGanVAE
+
+        config = None if self.config is None else self.config.constructor_kwargs()
+        if self.path is not None and (load_weights or config is None):
+            vae = VQGanVAE.from_checkpoint(self.path, config)
+            return vae
+        return VQGanVAE(**{**config, "use_vgg_and_gan": False})
 
 
 class DecoderConfig(StrictModel):
@@ -137,6 +164,10 @@ class DecoderConfig(StrictModel):
     sampler: SamplerName | tuple[SamplerName | None, ...] | None = None
     """(Extension) default sampler, one or one per unet (`dalle2_pytorch.diffusion.sampler_names()`);
     None: the reference's rule, DDPM at `timesteps` steps and DDIM with fewer."""
+    vaes: list[DecoderVAEConfig | None] | None = None
+    """(Extension; the reference's configs had none) one entry per unet, null for pixel stages: the
+    VQGAN-VAE of a latent stage, as `{"path": <trained VAE: export folder or vae.pt>}` (its config
+    from the file, or `config` alongside) or as VQGanVAE constructor fields (`{"config": {...}}`)."""
 
     @model_validator(mode="after")
     def _check_sizes(self) -> DecoderConfig:
@@ -153,6 +184,8 @@ class DecoderConfig(StrictModel):
             )
         if self.image_size is not None and num_unets != 1:
             raise ValueError(f"decoder.image_size is for a single unet; use image_sizes for {num_unets}")
+        if self.vaes is not None and len(self.vaes) > num_unets:
+            raise ValueError(f"decoder.vaes has {len(self.vaes)} entries for {num_unets} unets")
         for name in _PER_UNET:
             value = getattr(self, name)
             if isinstance(value, tuple) and len(value) > num_unets:
@@ -168,13 +201,15 @@ class DecoderConfig(StrictModel):
             return self.image_sizes
         return None if self.image_size is None else (self.image_size,)
 
-    def create(self, *, clip: Any = None, build_clip: bool = True) -> Any:
+    def create(self, *, clip: Any = None, build_clip: bool = True, load_vae_weights: bool = True) -> Any:
         """Builds `dalle2_pytorch.decoder.decoder.Decoder` with one `Unet` per unet config.
 
         Args:
             clip: an already-built CLIP adapter to attach (takes precedence over `self.clip`).
             build_clip: build `self.clip` when `clip` is None. Pass False to build without CLIP,
                 e.g. to load a checkpoint (checkpoints never contain CLIP weights).
+            load_vae_weights: read latent stages' VAE weights from their `path` (False when a
+                decoder checkpoint, which holds the `vaes.N.*` weights, is loaded next).
 
         Returns:
             The `Decoder` module.
@@ -190,7 +225,8 @@ class DecoderConfig(StrictModel):
             # the Decoder rebuilds unets whose flags (lowres_cond, channels_out, ...) differ from what
             # their place in the cascade needs and warns that weights are lost; these are fresh
             warnings.filterwarnings("ignore", message=r"unet \d+ was rebuilt", category=UserWarning)
-            return Decoder(unet=unets, clip=clip, **constructor_kwargs(self, {"unets", "clip"}))
+            vaes = tuple(None if v is None else v.create(load_weights=load_vae_weights) for v in self.vaes or ())
+            return Decoder(unet=unets, clip=clip, vae=vaes, **constructor_kwargs(self, {"unets", "clip", "vaes"}))
 
 
 class DecoderDataConfig(StrictModel):

@@ -14,8 +14,10 @@ from dalle2_pytorch.decoder.stage import StageSettings
 from dalle2_pytorch.decoder.unet import Unet
 from dalle2_pytorch.diffusion import objective_from_flags
 from dalle2_pytorch.diffusion.steps import check_steps
+from dalle2_pytorch.vqgan_vae.null import NullVQGanVAE
+from dalle2_pytorch.vqgan_vae.vae import VQGanVAE
 
-__all__ = ["build_stage_settings", "cast_unet", "per_stage", "resolve_image_sizes"]
+__all__ = ["build_stage_settings", "cast_unet", "per_stage", "resolve_image_sizes", "stage_vaes"]
 
 
 def per_stage(value: Any, n: int, name: str, fill: Any = None) -> tuple:
@@ -67,10 +69,17 @@ def build_stage_settings(
     p2_loss_weight_gamma: Any,
     random_crop_sizes: Any,
     sampler: Any = None,
+    vaes: Sequence[Any] = (),
+    predict_x_start_for_latent_diffusion: bool = False,
     **shared: Any,
 ) -> tuple[StageSettings, ...]:
     """StageSettings for n stages from the reference's arguments; `shared` holds the decoder-wide
-    options copied into every stage (eta, thresholding, learned-variance and low-res options)."""
+    options copied into every stage (eta, thresholding, learned-variance and low-res options).
+
+    `vaes`: one VQGAN-VAE or `NullVQGanVAE` per stage (see :func:`stage_vaes`); a stage with a real
+    VAE is latent: its Unet diffuses the VAE's latent map (channels `encoded_dim`, side
+    `get_encoded_fmap_size(image_size)`), with x_0 prediction when
+    `predict_x_start_for_latent_diffusion` (the reference's option)."""
     schedules = per_stage(beta_schedule, n, "beta_schedule") if beta_schedule is not None else (
         ("cosine",) * (n - 1) + ("linear",) if n > 1 else ("cosine",)
     )
@@ -90,13 +99,42 @@ def build_stage_settings(
     for i in range(n):
         if steps[i] is not None:
             check_steps(steps[i], int(T[i]), f"unet {i + 1}: sample_timesteps")
+        latent = i < len(vaes) and not isinstance(vaes[i], NullVQGanVAE)
+        objective = objectives[i]
+        if latent and predict_x_start_for_latent_diffusion:
+            objective = objective_from_flags(True, False)
         settings.append(StageSettings(
             index=i, image_size=image_sizes[i], timesteps=int(T[i]), sample_timesteps=steps[i],
-            beta_schedule=schedules[i], objective=objectives[i], learned_variance=bool(learned[i]),
+            beta_schedule=schedules[i], objective=objective, learned_variance=bool(learned[i]),
             p2_loss_weight_gamma=float(gammas[i]), random_crop_size=crops[i], lowres_cond=i > 0,
-            channels=channels, sampler=samplers[i], **shared,
+            channels=int(vaes[i].encoded_dim) if latent else channels, sampler=samplers[i],
+            latent_size=int(vaes[i].get_encoded_fmap_size(image_sizes[i])) if latent else None, **shared,
         ))
     return tuple(settings)
+
+
+def stage_vaes(vae: Any, n: int, channels: int, *, use_noise_for_lowres_cond: bool) -> tuple[Any, ...]:
+    """One frozen, eval-mode VAE per stage: the given VQGAN-VAEs (copied without discriminator and
+    perceptual network, as the reference), padded with `NullVQGanVAE` (pixel stages)."""
+    given = tuple(vae) if isinstance(vae, (list, tuple)) else (vae,)
+    if len(given) > n:
+        raise ValueError(f"vae has {len(given)} entries but the decoder has {n} unets")
+    out = []
+    for i, v in enumerate(given + (None,) * (n - len(given))):
+        if v is None or isinstance(v, NullVQGanVAE):
+            out.append(NullVQGanVAE(channels=channels))
+            continue
+        if not isinstance(v, VQGanVAE):
+            raise TypeError(f"vae[{i}] must be a VQGanVAE, a NullVQGanVAE or None, got {type(v).__name__}")
+        if v.channels != channels:
+            raise ValueError(f"vae[{i}] encodes {v.channels}-channel images but the decoder has channels={channels}")
+        if i > 0 and use_noise_for_lowres_cond:
+            raise ValueError("noise augmentation of low-res conditions (use_noise_for_lowres_cond) is not supported "
+                             "with latent (VQGAN-VAE) stages")
+        copy = v.copy_for_eval()
+        copy.requires_grad_(False)
+        out.append(copy)
+    return tuple(out)
 
 
 def cast_unet(unet: Unet, settings: StageSettings, *, lowres_noise: bool, unconditional: bool, clip: Any) -> Unet:

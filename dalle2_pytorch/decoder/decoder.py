@@ -25,13 +25,13 @@ from torch import nn
 
 from dalle2_pytorch._helpers import default
 from dalle2_pytorch.clip_adapters.wrap import wrap_clip
-from dalle2_pytorch.decoder.construction import build_stage_settings, cast_unet, per_stage, resolve_image_sizes
+from dalle2_pytorch.decoder.construction import build_stage_settings, cast_unet, per_stage, resolve_image_sizes, stage_vaes
+from dalle2_pytorch.decoder.inputs import check_image, check_inpaint, random_crop
 from dalle2_pytorch.decoder.lowres import LowresConditioner, resize_image_to
 from dalle2_pytorch.decoder.stage import DecoderStage, StageSettings
 from dalle2_pytorch.decoder.unet import Unet
 from dalle2_pytorch.diffusion import Inpaint, NoiseScheduler, check_cond_scale, dynamic_threshold, static_threshold
 from dalle2_pytorch.progress import ProgressBar, progress_enabled
-from dalle2_pytorch.rng import rand_tensor
 
 __all__ = ["Decoder"]
 
@@ -56,7 +56,9 @@ class Decoder(nn.Module):
         lowres_downsample_mode: 'antialias' (default) or 'nearest' (reference) downsampling.
         sampler: default sampler name, one or one per Unet (extension; None keeps the reference's
             rule: DDPM at T steps, DDIM with fewer).
-    Latent (VQGAN) stages are not supported: `vae` must be empty.
+        vae: one VQGanVAE (or NullVQGanVAE / None) per Unet, padded with NullVQGanVAE: a stage with a
+            VAE diffuses its latent map (Rombach et al. 2022); `predict_x_start_for_latent_diffusion`
+            makes those stages predict x_0. The VAEs are frozen (outside the optimiser and the EMA).
     """
 
     def __init__(
@@ -102,8 +104,6 @@ class Decoder(nn.Module):
         sampler: str | None | Sequence[str | None] = None,
     ):
         super().__init__()
-        if len(tuple(vae)) > 0:
-            raise NotImplementedError("latent (VQGAN-VAE) decoder stages are not supported; pass vae=()")
         unets = tuple(unet) if isinstance(unet, (list, tuple)) else (unet,)
         if len(unets) == 0 or not all(isinstance(u, Unet) for u in unets):
             raise TypeError("unet must be a dalle2_pytorch Unet or a non-empty sequence of Unets")
@@ -113,8 +113,10 @@ class Decoder(nn.Module):
         if self.clip is not None:
             self.clip.requires_grad_(False)
         self.channels = channels
+        vaes = stage_vaes(vae, n, channels, use_noise_for_lowres_cond=use_noise_for_lowres_cond)
         self.stage_settings: tuple[StageSettings, ...] = build_stage_settings(
-            n,
+            n, vaes=vaes, predict_x_start_for_latent_diffusion=predict_x_start_for_latent_diffusion,
+            auto_normalize_img=auto_normalize_img,
             image_sizes=resolve_image_sizes(image_size, image_sizes, n, self.clip),
             channels=channels, timesteps=timesteps, sample_timesteps=sample_timesteps, beta_schedule=beta_schedule,
             predict_x_start=predict_x_start, predict_v=predict_v, learned_variance=learned_variance,
@@ -144,6 +146,7 @@ class Decoder(nn.Module):
             ) if s.lowres_cond else nn.Identity()
             for s in self.stage_settings
         )
+        self.vaes = nn.ModuleList(vaes)  # frozen; `vaes.N.*` keys for latent stages, none for pixel ones
         # decoder-wide settings (the reference's attributes; each stage holds its own copy)
         self.lowres_downsample_mode = lowres_downsample_mode
         self.lowres_noise_sample_level = lowres_noise_sample_level
@@ -158,6 +161,7 @@ class Decoder(nn.Module):
         self.use_dynamic_thres = use_dynamic_thres
         self.dynamic_thres_percentile = dynamic_thres_percentile
         self.ddim_sampling_eta = ddim_sampling_eta
+        self.predict_x_start_for_latent_diffusion = predict_x_start_for_latent_diffusion
         self.config: dict | None = None
 
     # ------------------------------------------------------------------------------------ stages
@@ -165,8 +169,8 @@ class Decoder(nn.Module):
     def stages(self) -> tuple[DecoderStage, ...]:
         """One :class:`DecoderStage` per Unet, over the registered modules (built on each access)."""
         return tuple(
-            DecoderStage(s, u, ns, lc)
-            for s, u, ns, lc in zip(self.stage_settings, self.unets, self.noise_schedulers, self.lowres_conds)
+            DecoderStage(s, u, ns, lc, v)
+            for s, u, ns, lc, v in zip(self.stage_settings, self.unets, self.noise_schedulers, self.lowres_conds, self.vaes)
         )
 
     def stage(self, unet_number: int | None) -> DecoderStage:
@@ -197,6 +201,7 @@ class Decoder(nn.Module):
         super().train(mode)
         if self.clip is not None:
             self.clip.eval()
+        self.vaes.eval()  # frozen autoencoders of latent stages
         return self
 
     def stage_index(self, unet_number: int | None) -> int:
@@ -230,12 +235,7 @@ class Decoder(nn.Module):
         return self.clip
 
     def _check_image(self, image: torch.Tensor, name: str = "image") -> None:
-        if not torch.is_tensor(image) or image.ndim != 4:
-            raise ValueError(f"{name} must be a (batch, {self.channels}, height, width) tensor")
-        if image.shape[1] != self.channels:
-            raise ValueError(f"{name} has {image.shape[1]} channels, the decoder expects {self.channels}")
-        if image.shape[-1] != image.shape[-2]:
-            raise ValueError(f"{name} must be square, got {tuple(image.shape[-2:])}")
+        check_image(image, self.channels, name)
 
     def _conditioning(self, stage, unet, *, image, text, image_embed, text_encodings, batch):
         """image_embed / text_encodings for this unet, from CLIP when not given."""
@@ -285,7 +285,8 @@ class Decoder(nn.Module):
             generator: source of every random draw (timesteps, noise, dropout, crops, blur).
 
         Returns:
-            The scalar loss (and the low-res conditioning image in [-1, 1] if requested).
+            The scalar loss (and the low-res conditioning image in [-1, 1], or its latent map in a
+            latent stage, if requested).
         """
         index = self.stage_index(unet_number)
         stage = self.stages[index]
@@ -303,23 +304,15 @@ class Decoder(nn.Module):
             )
         target = resize_image_to(image, stage.image_size, downsample_mode=self.lowres_downsample_mode)
         if stage.random_crop_size is not None:
-            target, lowres_img = self._random_crop(target, lowres_img, stage.random_crop_size, generator)
-        x_start = self.normalize_img(target)
+            target, lowres_img = random_crop(target, lowres_img, stage.random_crop_size, generator)
+        x_start = stage.to_data(target)
+        if lowres_img is not None:
+            lowres_img = stage.encode_lowres(lowres_img)
         loss = self.p_losses(
             index, x_start, image_embed=image_embed, text_encodings=text_encodings,
             lowres_cond_img=lowres_img, lowres_noise_level=noise_levels, generator=generator,
         )
         return (loss, lowres_img) if return_lowres_cond_image else loss
-
-    @staticmethod
-    def _random_crop(target, lowres, size, generator):
-        h, w = target.shape[-2:]
-        if size > min(h, w):
-            raise ValueError(f"random crop size {size} is larger than the stage's image {h}x{w}")
-        top = int(rand_tensor((), generator=generator).item() * (h - size + 1))
-        left = int(rand_tensor((), generator=generator).item() * (w - size + 1))
-        crop = lambda x: x if x is None else x[..., top : top + size, left : left + size]
-        return crop(target), crop(lowres)
 
     def p_losses(
         self,
@@ -445,7 +438,7 @@ class Decoder(nn.Module):
             self._check_image(image, "image")
             batch_size = image.shape[0]
         if inpaint_image is not None or inpaint_mask is not None:
-            self._check_inpaint(inpaint_image, inpaint_mask, batch_size)
+            check_inpaint(inpaint_image, inpaint_mask, batch_size, self.channels)
 
         img = image
         for stage in self.stages[start_at_unet_number - 1 : stop]:
@@ -457,8 +450,10 @@ class Decoder(nn.Module):
                 cond.update(stage.lowres_condition(img, generator=generator))
             inpaint = None
             if inpaint_image is not None:
+                if stage.latent:
+                    raise ValueError(f"inpainting is not supported through latent (VQGAN-VAE) stages (unet {index + 1})")
                 mask = F.interpolate(inpaint_mask[:, None].float(), size=(stage.image_size,) * 2, mode="nearest")
-                known = self.normalize_img(resize_image_to(inpaint_image, stage.image_size, downsample_mode=self.lowres_downsample_mode))
+                known = stage.to_data(resize_image_to(inpaint_image, stage.image_size, downsample_mode=self.lowres_downsample_mode))
                 inpaint = Inpaint(image=known.to(self.device), mask=mask.to(self.device), resample_times=inpaint_resample_times)
             _, num_steps, _ = stage.resolve_sampling(samplers[index], steps_per_stage[index])
             stage_callback = None if callback is None else (lambda i, num, t, x, x0, _s=index: callback(_s, i, num))
@@ -469,20 +464,8 @@ class Decoder(nn.Module):
                     batch_size, cond, cond_scale=scales[index], sampler=samplers[index], steps=num_steps,
                     generator=generator, device=self.device, inpaint=inpaint, callback=bar.callback,
                 )
-            img = self.unnormalize_img(x).clamp(0.0, 1.0)
+            img = stage.to_images(x)
         return img
-
-    def _check_inpaint(self, inpaint_image, inpaint_mask, batch_size):
-        if inpaint_image is None or inpaint_mask is None:
-            raise ValueError("inpainting needs both inpaint_image and inpaint_mask")
-        self._check_image(inpaint_image, "inpaint_image")
-        if inpaint_mask.ndim != 3 or inpaint_mask.shape != (inpaint_image.shape[0], *inpaint_image.shape[-2:]):
-            raise ValueError(
-                f"inpaint_mask must have shape {(inpaint_image.shape[0], *inpaint_image.shape[-2:])} "
-                f"(batch, height, width) to match inpaint_image, got {tuple(inpaint_mask.shape)}"
-            )
-        if inpaint_image.shape[0] != batch_size:
-            raise ValueError(f"inpaint_image batch ({inpaint_image.shape[0]}) != sampling batch ({batch_size})")
 
     # ------------------------------------------------------------------------------- checkpoints
     @classmethod

@@ -50,13 +50,16 @@ class StageSettings:
         p2_loss_weight_gamma: P2 weighting exponent (0 disables).
         random_crop_size: random crop applied in training (None: none).
         lowres_cond: the stage is conditioned on the previous stage's image.
-        channels: image channels.
+        channels: channels the Unet diffuses: the image's, or the VAE's latent channels.
         sampler: default sampler name; None = the reference's rule (DDPM at T steps, DDIM with fewer).
         ddim_sampling_eta: DDIM's eta when DDIM is used.
-        clip_denoised: threshold x_0 estimates (sampling and self-conditioning).
+        clip_denoised: threshold x_0 estimates (sampling and self-conditioning); never in latent stages.
         use_dynamic_thres, dynamic_thres_percentile: Imagen dynamic thresholding instead of a clamp.
         learned_variance_constrain_frac, vb_loss_weight: learned-variance options.
         lowres_noise_sample_level: noise-augmentation level of the low-res condition at sampling.
+        latent_size: side of the VQGAN-VAE latent map the Unet diffuses in a latent stage (Rombach et
+            al. 2022); None for pixel stages.
+        auto_normalize_img: pixel stages diffuse images mapped from [0, 1] to [-1, 1].
     """
 
     index: int
@@ -78,10 +81,22 @@ class StageSettings:
     learned_variance_constrain_frac: bool = False
     vb_loss_weight: float = 0.001
     lowres_noise_sample_level: float = 0.2
+    latent_size: int | None = None
+    auto_normalize_img: bool = True
 
     @property
     def unet_number(self) -> int:
         return self.index + 1
+
+    @property
+    def latent(self) -> bool:
+        """Whether the Unet diffuses a VQGAN-VAE latent map instead of pixels."""
+        return self.latent_size is not None
+
+    @property
+    def sample_size(self) -> int:
+        """Side of what the Unet diffuses: the latent map, or the image."""
+        return self.latent_size if self.latent_size is not None else self.image_size
 
 
 class DecoderStage:
@@ -93,15 +108,22 @@ class DecoderStage:
         noise_scheduler: the diffusion it was trained with.
         lowres_conditioner: its :class:`~dalle2_pytorch.decoder.lowres.LowresConditioner` (Identity
             for the first stage; ``stage.lowres_cond`` is the settings' flag).
+        vae: its frozen VQGAN-VAE for a latent stage, a `NullVQGanVAE` (identity) for a pixel stage.
     """
 
     def __init__(
-        self, settings: StageSettings, unet: nn.Module, noise_scheduler: NoiseScheduler, lowres_conditioner: nn.Module
+        self,
+        settings: StageSettings,
+        unet: nn.Module,
+        noise_scheduler: NoiseScheduler,
+        lowres_conditioner: nn.Module,
+        vae: nn.Module,
     ):
         self.settings = settings
         self.unet = unet
         self.noise_scheduler = noise_scheduler
         self.lowres_conditioner = lowres_conditioner
+        self.vae = vae
 
     def __getattr__(self, name: str) -> Any:  # the settings' fields, read through the stage
         if name == "settings":
@@ -110,6 +132,28 @@ class DecoderStage:
 
     def __repr__(self) -> str:
         return f"DecoderStage({self.settings})"
+
+    # --------------------------------------------------------------------------- data <-> images
+    @torch.no_grad()
+    def to_data(self, images: torch.Tensor) -> torch.Tensor:
+        """(b, c, s, s) images in [0, 1] -> what the Unet diffuses: [-1, 1] pixels (with
+        `auto_normalize_img`) or, in a latent stage, the VAE's pre-quantisation map (no normalisation,
+        as the reference)."""
+        if self.latent:
+            return self.vae.encode(images)
+        return images * 2 - 1 if self.auto_normalize_img else images
+
+    @torch.no_grad()
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_data` (the latent map is quantised and decoded), clamped to [0, 1]."""
+        images = self.vae.decode(x) if self.latent else ((x + 1) * 0.5 if self.auto_normalize_img else x)
+        return images.clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def encode_lowres(self, lowres: torch.Tensor) -> torch.Tensor:
+        """A low-res conditioning image from the conditioner ([-1, 1]) in the Unet's space: unchanged
+        for pixel stages; VAE-encoded from [0, 1] for latent stages (as the reference)."""
+        return self.vae.encode((lowres + 1) * 0.5) if self.latent else lowres
 
     # ------------------------------------------------------------------------------ predictions
     def threshold(self, x_start: torch.Tensor) -> torch.Tensor:
@@ -121,7 +165,7 @@ class DecoderStage:
     def denoiser(self, cond: dict, cond_scale: float = 1.0, *, clip_denoised: bool | None = None) -> Callable:
         """The samplers' ``denoise(x_t, t, x_self_cond)`` for this stage under conditioning `cond`
         (Unet keyword arguments: image_embed, text_encodings, lowres_cond_img, lowres_noise_level)."""
-        clip = default(clip_denoised, self.clip_denoised)
+        clip = default(clip_denoised, self.clip_denoised) and not self.latent  # latent maps are never clamped
         return build_denoiser(
             GuidedModel(self.unet, cond_scale, cond),
             self.noise_scheduler,
@@ -177,7 +221,7 @@ class DecoderStage:
             image, target_image_size=self.image_size, should_blur=False,
             noise_level=int(self.lowres_noise_sample_level * 1000), generator=generator,
         )
-        return {"lowres_cond_img": lowres, "lowres_noise_level": levels}
+        return {"lowres_cond_img": self.encode_lowres(lowres), "lowres_noise_level": levels}
 
     # ---------------------------------------------------------------------------------- sampling
     def resolve_sampling(self, sampler: str | None, steps: int | None) -> tuple[str, int, dict]:
@@ -202,14 +246,14 @@ class DecoderStage:
         inpaint: Inpaint | None = None,
         callback: Callable | None = None,
     ) -> torch.Tensor:
-        """Samples (b, c, s, s) normalised images (the Unet's data range) for this stage."""
+        """Samples (b, c, s, s) in the Unet's space (see :meth:`to_images`) for this stage."""
         name, steps, options = self.resolve_sampling(sampler, steps)
         was_training = self.unet.training
         self.unet.eval()
         try:
             return run_sampler(
                 self.denoiser(cond, cond_scale),
-                (batch_size, self.channels, self.image_size, self.image_size),
+                (batch_size, self.channels, self.sample_size, self.sample_size),
                 self.noise_scheduler,
                 sampler=name,
                 steps=steps,

@@ -450,7 +450,7 @@ _CONSTRUCTORS = [
     (DiffusionPriorConfig, "dalle2_pytorch.prior.diffusion_prior", "DiffusionPrior", {"net", "clip"},
      {"image_embed_dim"}),
     (UnetConfig, "dalle2_pytorch.decoder.unet", "Unet", set(), set()),
-    (DecoderConfig, "dalle2_pytorch.decoder.decoder", "Decoder", {"unet", "unets", "clip", "vae"}, set()),
+    (DecoderConfig, "dalle2_pytorch.decoder.decoder", "Decoder", {"unet", "unets", "clip", "vae", "vaes"}, set()),
 ]
 
 
