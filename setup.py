@@ -12,7 +12,9 @@ EXTRAS = {
     "clip": _CLIP,  # OpenClipAdapter / OpenAIClipAdapter (open_clip), XClipAdapter and x-clip folders
     "train": _TRAIN,  # trainers, training scripts, data loaders, metrics, trackers
     "demo": _TRAIN,  # `make demo`: the embedded dataset, demo CLIP, training lanes, report
-    "test": [*_TRAIN, "pytest", "pytest-timeout", "hypothesis", "import-linter>=2.1", "torch-fidelity"],
+    "web": ["gradio>=6.0,<7"],  # the web page: python -m dalle2_pytorch.app / dream --serve
+    "test": [*_TRAIN, "pytest", "pytest-timeout", "hypothesis", "import-linter>=2.1", "torch-fidelity",
+             "gradio>=6.0,<7", "playwright>=1.40"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
