@@ -302,4 +302,8 @@ def dream() -> None:
 
 
 if __name__ == "__main__":
-    dream()
+    # `python -m dalle2_pytorch.cli`: run the importable module, whose DreamError is the one that
+    # dalle2_pytorch.app (imported by `--serve`) raises, not this __main__ copy's
+    from dalle2_pytorch.cli import dream as _dream
+
+    _dream()

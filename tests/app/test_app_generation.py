@@ -174,3 +174,13 @@ def test_serve_without_gradio_is_one_line_naming_the_extra(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == ("dream: error: the web page needs the optional package 'gradio', which is not "
                                   "installed: pip install 'dalle2-pytorch[web]'")
+
+
+@pytest.mark.parametrize("entry", [["-m", "dalle2_pytorch.cli", "--serve"], ["-m", "dalle2_pytorch.app"]])
+def test_serve_with_a_missing_model_folder_is_one_line(tmp_path, entry):
+    missing = tmp_path / "no_such_model"
+    out = subprocess.run([sys.executable, *entry, "--model-dir", str(missing), "--port", "0"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == f"dream: error: model folder not found: {missing}"
