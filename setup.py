@@ -12,8 +12,9 @@ EXTRAS = {
     "clip": _CLIP,  # OpenClipAdapter / OpenAIClipAdapter (open_clip), XClipAdapter and x-clip folders
     "train": _TRAIN,  # trainers, training scripts, data loaders, metrics, trackers
     "demo": _TRAIN,  # `make demo`: the embedded dataset, demo CLIP, training lanes, report
+    "web": ["gradio>=6.0,<7"],  # the web page: python -m dalle2_pytorch.app / dream --serve
     "test": [*_TRAIN, "pytest", "pytest-timeout", "hypothesis", "import-linter>=2.1", "torch-fidelity",
-             "vector-quantize-pytorch>=1.32"],
+             "vector-quantize-pytorch>=1.32", "gradio>=6.0,<7", "playwright>=1.40"],
     # VQGanVAE (latent decoder stages) and its trainer; importing dalle2_pytorch never needs it
     "vqgan": ["vector-quantize-pytorch>=1.32"],
 }

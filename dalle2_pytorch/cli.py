@@ -4,6 +4,7 @@
     dream --prompts-file prompts.txt --prior prior/latest.pth --prior-config prior_config.json \\
           --decoder decoder/v1.0.2/latest.pth --clip '{"make": "openai", "model": "ViT-L/14"}' --output out/
     dream --image photo.png --model-dir demo_output/models --output variations/   # image variations
+    dream --serve --model-dir demo_output --port 7860     # the web page (`[web]` extra), prints its address
 
 A model folder holds `dalle2.json` (`{"prior": "prior", "decoder": "decoder", "clip": {...}}`, paths
 relative to the folder) or the subfolders `prior/`, `decoder/` (our safetensors exports) and `clip/` (a
@@ -13,6 +14,7 @@ saved x-clip model). `--prior` / `--decoder` also take reference or LAION checkp
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import re
@@ -271,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show progress bars (default: when stderr is a terminal)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--verbose", "-v", action="store_true")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the web page (gradio, the [web] extra) instead of writing images; prints its address, "
+                   "the flags above set the page's defaults")
+    p.add_argument("--host", default="127.0.0.1", help="--serve: address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860, help="--serve: port (0: any free port)")
     return p
 
 
@@ -280,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.prior_steps = args.prior_steps if args.prior_steps is not None else args.steps
     args.decoder_steps = args.decoder_steps if args.decoder_steps is not None else args.steps
     try:
+        if args.serve:  # the page is an application above cli: imported by name, only when asked for
+            return importlib.import_module("dalle2_pytorch.app.server").serve_from_args(args)
         generate(args)
     except (DreamError, ValueError) as e:
         print(f"dream: error: {e}", file=sys.stderr)
@@ -293,4 +302,8 @@ def dream() -> None:
 
 
 if __name__ == "__main__":
-    dream()
+    # `python -m dalle2_pytorch.cli`: run the importable module, whose DreamError is the one that
+    # dalle2_pytorch.app (imported by `--serve`) raises, not this __main__ copy's
+    from dalle2_pytorch.cli import dream as _dream
+
+    _dream()

@@ -357,6 +357,9 @@ class DecoderEvaluateConfig(StrictModel):
     """Keyword arguments of torchmetrics KernelInceptionDistance; None: skip."""
     LPIPS: dict[str, Any] | None = None
     """Keyword arguments of torchmetrics LearnedPerceptualImagePatchSimilarity; None: skip."""
+    CLIP_SCORE: dict[str, Any] | None = None
+    """Extension: `{}` logs the mean CLIP score, 100 * max(cos(image_embed, text_embed), 0) (Hessel et al.
+    2021), of generated validation images against their captions under `decoder.clip`; None: skip."""
 
 
 class TrainDecoderConfig(StrictModel):

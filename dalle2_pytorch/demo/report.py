@@ -8,9 +8,11 @@ three sources of images are judged the same way:
 * **prior + decoder** — text → prior → decoder, the whole system.
 
 Each is scored by the model-independent analysis of :mod:`dalle2_pytorch.demo.evaluate` (how
-often the dominant colour and the shape match the prompt) and by the trained CLIP's cosine
-similarity between the prompt's text embedding and the image's embedding. Prompts seen in training
-are measured too (prior + decoder), for comparison.
+often the dominant colour and the shape match the prompt), by the trained CLIP's cosine
+similarity between the prompt's text embedding and the image's embedding, and by the CLIP score
+``100 * max(cos, 0)`` of :mod:`dalle2_pytorch.clip_adapters.score` (Hessel et al. 2021; the decoder
+training script's ``eval/CLIP_SCORE``). Prompts seen in training are measured too (prior + decoder),
+for comparison.
 
 Images come from the demo's model folder through :func:`dalle2_pytorch.cli.load_models`, the loader
 of ``dream``, so the report checks the files ``dream --model-dir`` uses.
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from dalle2_pytorch.clip_adapters.score import clip_cosine, clip_score_from_cosine
 from dalle2_pytorch.demo.captions import parse_prompt, prompt_for
 from dalle2_pytorch.demo.evaluate import analyse
 from dalle2_pytorch.demo.shapes import render, sample_attributes
@@ -93,16 +96,15 @@ def decode_embeddings(decoder: Any, image_embed: torch.Tensor, *, seed: int = 0,
 @torch.no_grad()
 def clip_similarity(clip: Any, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
     """Cosine similarity between each (3, s, s) image and its prompt under ``clip`` → (b,)."""
-    image = clip.embed_image(images.to(torch.float32)).image_embed
-    text = clip.embed_text(clip.tokenize(list(prompts))).text_embed
-    return torch.nn.functional.cosine_similarity(image.float(), text.float(), dim=-1)
+    return clip_cosine(clip, images, list(prompts))
 
 
 def measure(images: torch.Tensor, prompts: Sequence[str], clip: Any) -> dict[str, Any]:
-    """Colour / shape match rates (``evaluate.analyse``) and mean CLIP similarity of images vs prompts.
+    """Colour / shape match rates (``evaluate.analyse``), mean CLIP similarity and mean CLIP score
+    (``100 * max(cos, 0)``, :mod:`dalle2_pytorch.clip_adapters.score`) of images vs prompts.
 
     Returns:
-        ``{"n", "colour_acc", "shape_acc", "both_acc", "clip_similarity", "per_prompt"}``; per prompt
+        ``{"n", "colour_acc", "shape_acc", "both_acc", "clip_similarity", "clip_score", "per_prompt"}``; per prompt
         the same rates and the most frequent analysed (colour, shape).
     """
     if images.shape[0] != len(prompts) or not prompts:
@@ -111,7 +113,8 @@ def measure(images: torch.Tensor, prompts: Sequence[str], clip: Any) -> dict[str
     intents = [parse_prompt(p) for p in prompts]
     colour_ok = np.array([p.colour == i[0] for p, i in zip(preds, intents)])
     shape_ok = np.array([p.shape == i[1] for p, i in zip(preds, intents)])
-    sims = clip_similarity(clip, images, prompts).cpu().numpy()
+    cosines = clip_similarity(clip, images, prompts)
+    sims, scores = cosines.cpu().numpy(), clip_score_from_cosine(cosines).cpu().numpy()
     per_prompt = {}
     for prompt in dict.fromkeys(prompts):
         idx = [k for k, p in enumerate(prompts) if p == prompt]
@@ -123,6 +126,7 @@ def measure(images: torch.Tensor, prompts: Sequence[str], clip: Any) -> dict[str
     return {
         "n": len(prompts), "colour_acc": float(colour_ok.mean()), "shape_acc": float(shape_ok.mean()),
         "both_acc": float((colour_ok & shape_ok).mean()), "clip_similarity": float(sims.mean()),
+        "clip_score": float(scores.mean()),
         "per_prompt": per_prompt,
     }
 
@@ -185,15 +189,16 @@ def _markdown(result: dict) -> str:
         f"{s.get('prior_steps', '?')} prior / {s.get('decoder_steps', '?')} decoder DDIM steps, seed {s['seed']}.", "",
         "## Quality on held-out prompts", "",
         "Colour / shape: how often the dominant colour / the shape read by a model-independent image analysis "
-        "(`dalle2_pytorch.demo.evaluate`) matches the prompt (chance: 17% / 20%). CLIP: cosine similarity between "
-        "the prompt's and the image's embeddings under the demo CLIP.", "",
-        "| images | n | colour | shape | both | CLIP similarity |", "|---|---|---|---|---|---|",
+        "(`dalle2_pytorch.demo.evaluate`) matches the prompt (chance: 17% / 20%). CLIP similarity: cosine similarity "
+        "between the prompt's and the image's embeddings under the demo CLIP; CLIP score: 100 × max(cosine, 0) "
+        "(Hessel et al. 2021), the decoder training script's `eval/CLIP_SCORE`.", "",
+        "| images | n | colour | shape | both | CLIP similarity | CLIP score |", "|---|---|---|---|---|---|---|",
     ]
     for key, name in (("ground_truth", "ground-truth renders (ceiling)"), ("decoder_alone", "decoder on true CLIP image embeddings"),
                       ("prior_decoder", "**prior + decoder (text → image)**"), ("seen_prior_decoder", "prior + decoder, prompts seen in training")):
         m = result["measures"][key]
         lines.append(f"| {name} | {m['n']} | {_pct(m['colour_acc'])} | {_pct(m['shape_acc'])} | "
-                     f"{_pct(m['both_acc'])} | {m['clip_similarity']:.3f} |")
+                     f"{_pct(m['both_acc'])} | {m['clip_similarity']:.3f} | {m['clip_score']:.1f} |")
     lines += ["", "Per held-out prompt (prior + decoder): colour / shape match and the most frequent reading.", "",
               "| prompt | colour | shape | most often drawn |", "|---|---|---|---|"]
     for prompt, m in result["measures"]["prior_decoder"]["per_prompt"].items():
@@ -278,5 +283,5 @@ def run_report(out: Path, info: Any, preset: Any, *, seed: int = 0, echo: Callab
     for key in ("ground_truth", "decoder_alone", "prior_decoder", "seen_prior_decoder"):
         mm = measures[key]
         echo(f"[report] {key:18s} colour {_pct(mm['colour_acc']):>4s}  shape {_pct(mm['shape_acc']):>4s}  "
-             f"CLIP sim {mm['clip_similarity']:.3f}  (n={mm['n']})")
+             f"CLIP sim {mm['clip_similarity']:.3f}  CLIP score {mm['clip_score']:5.1f}  (n={mm['n']})")
     return result

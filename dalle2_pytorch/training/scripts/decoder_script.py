@@ -3,7 +3,7 @@
 Per epoch: **train** (every batch, every trained unet: forward + update; a checkpoint and a
 train sample grid every `train.save_every_n_samples` samples; at most `train.epoch_samples`
 samples) → **val** (per-unet loss of the online and EMA unets over `train.validation_samples`,
-deterministic) → **eval** (torchmetrics FID/IS/KID/LPIPS on `evaluate.n_evaluation_samples`
+deterministic) → **eval** (torchmetrics FID/IS/KID/LPIPS, CLIP score on `evaluate.n_evaluation_samples`
 generated validation images, see :mod:`.image_metrics`) → **sample** (validation grid) → a
 "best" checkpoint if the mean validation loss improved, and the latest checkpoint.
 At the end: test loss, final checkpoint, export (`export/` + `model.pth`).
@@ -121,7 +121,7 @@ def train_decoder(config: TrainDecoderConfig, options: RunOptions | None = None)
     try:
         loaders = create_decoder_dataloaders(
             config.data, rank=accelerator.process_index, world_size=accelerator.num_processes, seed=config.seed,
-            extra_keys=conditioner.extra_keys, sampling_batch_size=t.n_sample_images,
+            extra_keys=_extra_keys(config, conditioner), sampling_batch_size=t.n_sample_images,
         )
     except ValueError as e:  # no shard found, bad split, embedding files that match no shard
         raise ConfigError(f"data: {e}") from e
@@ -132,7 +132,7 @@ def train_decoder(config: TrainDecoderConfig, options: RunOptions | None = None)
     if options.dry_run:
         return _dry_run(trainer, loaders, conditioner)
 
-    metrics = build_image_metrics(config.evaluate, device)
+    metrics = build_image_metrics(config.evaluate, device, clip=clip)
     check_fresh_run_folder(config.tracker.data_path, options.resume)
     tracker = build_tracker(config.tracker, accelerator, options.resume)
     meta = tracker.recall(trainer)
@@ -153,6 +153,12 @@ def train_decoder(config: TrainDecoderConfig, options: RunOptions | None = None)
         return loop.run()
     finally:
         tracker.finish()
+
+
+def _extra_keys(config: TrainDecoderConfig, conditioner: DecoderConditioner) -> tuple[str, ...]:
+    """The conditioner's fields, plus the captions when the CLIP score is evaluated."""
+    keys = tuple(conditioner.extra_keys)
+    return keys if config.evaluate.CLIP_SCORE is None or "txt" in keys else (*keys, "txt")
 
 
 def _dry_run(trainer: DecoderTrainer, loaders: dict, conditioner: DecoderConditioner) -> int:
@@ -345,7 +351,7 @@ class _DecoderLoop(ScriptLoop):
                                    max_batch_size=self.config.data.batch_size)
 
     def evaluate_metrics(self) -> dict[str, float]:
-        """FID / IS / KID / LPIPS of generated validation images (configured metrics only)."""
+        """FID / IS / KID / LPIPS / CLIP score of generated validation images (configured metrics only)."""
         loader = self.loaders.get("val")
         if not self.image_metrics or loader is None:
             return {}
@@ -356,7 +362,7 @@ class _DecoderLoop(ScriptLoop):
             generator = torch.Generator(device=self.device).manual_seed(self.eval_seed)
             for images, emb, captions in iterate_limited(loader, n):
                 generated = self._sample(self.conditioner(images, emb, captions), generator)
-                self.image_metrics.update(generated, images.to(self.device))
+                self.image_metrics.update(generated, images.to(self.device), captions)
         values, errors = self.image_metrics.compute()
         for name, error in errors.items():
             self.tracker.log_error(f"evaluation metric {name} failed: {error}")

@@ -1,4 +1,4 @@
-"""Sample-quality metrics of the decoder script (torchmetrics FID / IS / KID / LPIPS), offline-safe.
+"""Sample-quality metrics of the decoder script (torchmetrics FID / IS / KID / LPIPS, CLIP score), offline-safe.
 
 The `evaluate` section of a `TrainDecoderConfig` gives each metric's keyword arguments (None skips
 it). All four metrics need pretrained feature-extractor weights that torchmetrics downloads at run
@@ -9,6 +9,11 @@ metric that this module removes before calling torchmetrics:
   (`weights-inception-2015-12-05-6726825d.pth`);
 * LPIPS: `backbone_weights_path`, torchvision's state dict of the `net_type` backbone
   (`alexnet-owt-7be5be79.pth`, `vgg16-397923af.pth` or `squeezenet1_1-b8a52dc0.pth`).
+
+`CLIP_SCORE` (`{}`: no options) is the mean CLIP score of the generated images against their
+captions, ``100 * max(cos(image_embed, text_embed), 0)`` (Hessel et al. 2021) under the decoder's own
+CLIP adapter (`decoder.clip`; see :mod:`.clip_score_metric`): it needs no download, and is skipped
+with the reason when the run has no CLIP adapter.
 
 Without the key, the default file is used when it already sits in the torch hub cache
 (`$TORCH_HOME/hub/checkpoints/`). Otherwise, when offline (`HF_HUB_OFFLINE=1` or
@@ -25,14 +30,16 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from dalle2_pytorch.serialization import safe_torch_load
 
-__all__ = ["ImageMetrics", "build_image_metrics", "is_offline"]
+__all__ = ["CLIP_SCORE", "ImageMetrics", "build_image_metrics", "is_offline"]
+
+CLIP_SCORE = "CLIP_SCORE"
 
 WEIGHTS_KEY = "feature_extractor_weights_path"
 LPIPS_WEIGHTS_KEY = "backbone_weights_path"
@@ -98,9 +105,10 @@ class ImageMetrics:
             m.reset()
 
     @torch.no_grad()
-    def update(self, generated: torch.Tensor, real: torch.Tensor) -> None:
+    def update(self, generated: torch.Tensor, real: torch.Tensor, captions: Sequence[str] | None = None) -> None:
         """Adds a batch: `generated` (b, c, s, s) and `real` (b, c, h, w), both in [0, 1]; the real
-        images are resized (antialiased) to the generated size."""
+        images are resized (antialiased) to the generated size. `captions` (b strings, the real
+        images' captions) feed the CLIP score; without them it skips the batch."""
         if real.shape[-2:] != generated.shape[-2:]:
             real = F.interpolate(
                 real.float(), size=generated.shape[-2:], mode="bilinear", antialias=True, align_corners=False
@@ -115,6 +123,8 @@ class ImageMetrics:
                 metric.update(fake_u8)
             elif name == "LPIPS":
                 metric.update(fake * 2 - 1, real * 2 - 1)
+            elif name == CLIP_SCORE and captions is not None:
+                metric.update(fake, list(captions))
 
     def compute(self) -> tuple[dict[str, float], dict[str, str]]:
         """`({metric: value}, {metric: error})`; a metric whose computation fails is reported, not raised."""
@@ -137,8 +147,9 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images * 255).round().to(torch.uint8)
 
 
-def build_image_metrics(evaluate_config: Any, device: torch.device | str = "cpu") -> ImageMetrics:
-    """Builds the configured metrics (see the module docstring).
+def build_image_metrics(evaluate_config: Any, device: torch.device | str = "cpu", clip: Any = None) -> ImageMetrics:
+    """Builds the configured metrics (see the module docstring); `clip` is the run's CLIP adapter
+    (for the CLIP score; None skips it).
 
     Raises:
         FileNotFoundError / ValueError: a configured local weights file is missing or not a state dict.
@@ -159,6 +170,16 @@ def build_image_metrics(evaluate_config: Any, device: torch.device | str = "cpu"
             out.skipped[name] = reason  # the caller reports it (once, on the main process)
         else:
             out.metrics[name] = metric
+    spec = getattr(evaluate_config, CLIP_SCORE, None)
+    if spec is not None:
+        if dict(spec):
+            raise ValueError(f"evaluate.{CLIP_SCORE} takes no options (give {{}}), got {sorted(dict(spec))}")
+        if clip is None:
+            out.skipped[CLIP_SCORE] = "the CLIP score needs a CLIP adapter: set decoder.clip"
+        else:
+            from dalle2_pytorch.training.scripts.clip_score_metric import AdapterCLIPScore
+
+            out.metrics[CLIP_SCORE] = AdapterCLIPScore(clip)
     return out.to(torch.device(device))
 
 
