@@ -356,14 +356,14 @@ class DALLE2(LatentEditsMixin, nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> Any:
         """Writes the chain as a model folder (``dalle2.json``, ``prior/``, ``decoder/``) that
-        :meth:`from_pretrained` and ``dream --model-dir`` read. See
-        :func:`dalle2_pytorch.compat.pretrained.save_pretrained`."""
-        return importlib.import_module("dalle2_pytorch.compat.pretrained").save_pretrained(self, directory, **kwargs)
+        :meth:`from_pretrained` and ``dream --model-dir`` read (the `[train]` extra). See
+        :func:`dalle2_pytorch.training.export.export_dalle2`."""
+        return importlib.import_module("dalle2_pytorch.training.export").export_dalle2(self, directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Uploads :meth:`save_pretrained`'s folder to a Hugging Face Hub repo. See
-        :func:`dalle2_pytorch.compat.pretrained.push_to_hub`."""
-        return importlib.import_module("dalle2_pytorch.compat.pretrained").push_to_hub(self, repo_id, **kwargs)
+        :func:`dalle2_pytorch.training.export.push_to_hub`."""
+        return importlib.import_module("dalle2_pytorch.training.export").push_to_hub(self, repo_id, **kwargs)
 
 
 def _stage_steps(steps: StageSteps, alias: StageSteps) -> StageSteps:

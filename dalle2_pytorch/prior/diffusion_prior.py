@@ -497,6 +497,13 @@ class DiffusionPrior(nn.Module):
         loading = importlib.import_module("dalle2_pytorch.compat.prior_loading")
         return loading.load_prior(path, config, clip=clip, map_location=map_location, strict=strict)
 
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs: Any) -> "DiffusionPrior":
+        """Loads by name ("laion/dalle2"), model folder, export folder, file or Hub repo id of our
+        exports (huggingface_hub cache, checksums, HF_HUB_OFFLINE). See
+        :func:`dalle2_pytorch.compat.pretrained.load_prior`."""
+        return importlib.import_module("dalle2_pytorch.compat.pretrained").load_prior(name_or_path, **kwargs)
+
 
 def _repeat_cond(text_embed: torch.Tensor, text_encodings: torch.Tensor | None, r: int) -> dict:
     """Text conditioning with every row repeated r times (r candidates per caption)."""
