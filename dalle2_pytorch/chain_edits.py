@@ -28,6 +28,7 @@ import os
 from typing import Any, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
 from dalle2_pytorch.diffusion.clip_latents import check_fractions, slerp, text_diff_direction, weighted_mix
 
@@ -338,7 +339,10 @@ class LatentEditsMixin:
                 )
             else:
                 clip = self._require_clip("inpainting without a prompt")
-                embeds = clip.embed_image(x.to(self.decoder.device)).image_embed.expand(num_images, -1)
+                seen = x.to(self.decoder.device)
+                if min(seen.shape[-2:]) < clip.image_size:  # decoder-sized images may be smaller than CLIP's input
+                    seen = F.interpolate(seen, size=(clip.image_size,) * 2, mode="bilinear", align_corners=False)
+                embeds = clip.embed_image(seen.clamp(0, 1)).image_embed.expand(num_images, -1)
                 tokens, text_encodings = self._caption_tokens(None, 1, num_images), None
             return self.decode(
                 embeds, tokens=tokens, text_encodings=text_encodings, cond_scale=cond_scale, steps=decoder_steps,

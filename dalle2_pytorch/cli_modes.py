@@ -37,6 +37,7 @@ from dalle2_pytorch.cli_outputs import (
     read_sidecar,
     slug,
     write_gif,
+    write_grid,
     write_image,
     write_strip,
 )
@@ -345,11 +346,21 @@ def run(args, mode: str, prompts: list[str], prior, decoder) -> list[Path]:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    grid_rows = []
     for render in renders:
         images = _render(chain, render.spec, settings, args.progress)
         for path in _write(out, render, images, mode, settings, models, args.gif, effective):
             print(path)
             written.append(path)
+        if mode == "variations":  # the input, then its variations
+            grid_rows.append(torch.cat([load_image(render.spec["image"], images.shape[-1])[None], images.cpu()]))
+    if grid_rows:
+        from dalle2_pytorch.dalle2 import to_pil_images
+
+        stem = f"variations_seed{args.seed}_grid"
+        path = write_grid([to_pil_images(row) for row in grid_rows], out / f"{stem}{free_suffix(out, [stem])}.png")
+        print(path)
+        written.append(path)
     return written
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "read_sidecar",
     "slug",
     "write_gif",
+    "write_grid",
     "write_image",
     "write_strip",
 ]
@@ -48,18 +49,24 @@ def slug(text: str, max_len: int = 48) -> str:
     return out[:max_len].strip("_") or "image"
 
 
-def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
-    """(3, size, size) float in [0, 1]: an image file, converted to RGB and resized to a square."""
-    import numpy as np
+def _open_image(path: str | os.PathLike, what: str, mode: str, size: int, resample: str):
+    """The file as a PIL image in `mode`, resized to (size, size); ModeError naming the file otherwise."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            img = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            return im.convert(mode).resize((size, size), getattr(Image.Resampling, resample))
     except FileNotFoundError:
-        raise ModeError(f"image not found: {path}") from None
+        raise ModeError(f"{what} not found: {path}") from None
     except (OSError, UnidentifiedImageError) as e:
-        raise ModeError(f"could not read image {path}: {e}") from None
+        raise ModeError(f"could not read {what} {path}: {e}") from None
+
+
+def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """(3, size, size) float in [0, 1]: an image file, converted to RGB and resized to a square."""
+    import numpy as np
+
+    img = _open_image(path, "image", "RGB", size, "BILINEAR")
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
@@ -67,16 +74,8 @@ def load_mask(path: str | os.PathLike, size: int) -> torch.Tensor:
     """(size, size) bool, True where the image is kept: a mask image whose white (luminance >= 128)
     marks the region to paint and black the region to keep (the usual inpainting convention)."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as im:
-            gray = im.convert("L").resize((size, size), Image.Resampling.NEAREST)
-    except FileNotFoundError:
-        raise ModeError(f"mask not found: {path}") from None
-    except (OSError, UnidentifiedImageError) as e:
-        raise ModeError(f"could not read mask {path}: {e}") from None
-    keep = torch.from_numpy(np.asarray(gray) < 128)
+    keep = torch.from_numpy(np.asarray(_open_image(path, "mask", "L", size, "NEAREST")) < 128)
     if bool(keep.all()):
         raise ModeError(f"the mask {path} marks nothing to paint: paint the region to fill in white")
     if not bool(keep.any()):
@@ -125,13 +124,19 @@ def write_image(image, path: Path, sidecar: dict | None) -> Path:
 
 def write_strip(images: Sequence, path: Path) -> Path:
     """The images side by side in one PNG (left to right)."""
+    return write_grid([images], path)
+
+
+def write_grid(rows: Sequence[Sequence], path: Path) -> Path:
+    """Rows of images (each row left to right, rows top to bottom) in one PNG."""
     from PIL import Image
 
-    w, h = images[0].size
-    strip = Image.new("RGB", (w * len(images), h))
-    for i, im in enumerate(images):
-        strip.paste(im.convert("RGB"), (i * w, 0))
-    _atomic_write(path, lambda p: strip.save(p, format="PNG"))
+    w, h = rows[0][0].size
+    grid = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
+    for y, row in enumerate(rows):
+        for x, im in enumerate(row):
+            grid.paste(im.convert("RGB"), (x * w, y * h))
+    _atomic_write(path, lambda p: grid.save(p, format="PNG"))
     return path
 
 

@@ -141,6 +141,22 @@ def verify_file(path: str | os.PathLike, sha256: str | None = None) -> str | Non
     return expected
 
 
+def _fetch(download, *, what: str, repo_id: str, filename: str | None, revision: str, cache: str) -> str:
+    """`download(local_files_only)` with huggingface_hub's errors turned into one-line
+    :class:`PretrainedNotFoundError` messages (offline: what to download and where)."""
+    errors = import_optional("huggingface_hub.errors", "hub")
+    offline = hub_offline()
+    try:
+        return download(offline)
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
+        why = "HF_HUB_OFFLINE=1 forbids downloading it" if offline else f"it could not be downloaded ({type(e).__name__})"
+        raise PretrainedNotFoundError(_missing(what, repo_id, filename, revision, cache, f"is not in the cache {cache} and {why}")) from None
+    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.EntryNotFoundError,
+            errors.HFValidationError) as e:
+        target = f"{filename} of the Hub repo {repo_id}" if filename else f"the Hub repo {repo_id}"
+        raise PretrainedNotFoundError(f"{what}: {target} (revision {revision}) was not found: {type(e).__name__}") from None
+
+
 def resolve_hub_file(
     file: HubFile,
     *,
@@ -165,19 +181,13 @@ def resolve_hub_file(
         PretrainedNotFoundError: not cached while offline, or not on the Hub.
         ChecksumMismatchError: the file is corrupted.
     """
-    hf = _hf()
-    errors = import_optional("huggingface_hub.errors", "hub")
     rev = revision or file.revision
     cache = _cache_dir(cache_dir)
-    offline = hub_offline()
-    try:
-        path = hf.hf_hub_download(file.repo_id, file.filename, revision=rev, cache_dir=cache, token=token,
-                                  local_files_only=offline)
-    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
-        reason = "is not in the cache " + cache + (" and HF_HUB_OFFLINE=1 forbids downloading it" if offline else f" and could not be downloaded ({type(e).__name__})")
-        raise PretrainedNotFoundError(_missing(what, file.repo_id, file.filename, rev, cache, reason)) from None
-    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.EntryNotFoundError) as e:
-        raise PretrainedNotFoundError(f"{what}: {file.url} (revision {rev}) was not found on the Hub: {type(e).__name__}") from None
+    path = _fetch(
+        lambda offline: _hf().hf_hub_download(file.repo_id, file.filename, revision=rev, cache_dir=cache, token=token,
+                                              local_files_only=offline),
+        what=what, repo_id=file.repo_id, filename=file.filename, revision=rev, cache=cache,
+    )
     if verify:
         verify_file(path, file.sha256 if rev == file.revision else None)
     return Path(path)
@@ -194,18 +204,13 @@ def resolve_hub_snapshot(
 ) -> Path:
     """The local folder of a whole Hub repo (our exported model folders): cached or downloaded,
     every file verified against its blob name."""
-    hf = _hf()
-    errors = import_optional("huggingface_hub.errors", "hub")
     rev = revision or "main"
     cache = _cache_dir(cache_dir)
-    offline = hub_offline()
-    try:
-        folder = Path(hf.snapshot_download(repo_id, revision=rev, cache_dir=cache, token=token, local_files_only=offline))
-    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
-        reason = "is not in the cache " + cache + (" and HF_HUB_OFFLINE=1 forbids downloading it" if offline else f" and could not be downloaded ({type(e).__name__})")
-        raise PretrainedNotFoundError(_missing(what, repo_id, None, rev, cache, reason)) from None
-    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.HFValidationError) as e:
-        raise PretrainedNotFoundError(f"{what}: the Hub repo {repo_id} (revision {rev}) was not found: {type(e).__name__}") from None
+    folder = Path(_fetch(
+        lambda offline: _hf().snapshot_download(repo_id, revision=rev, cache_dir=cache, token=token,
+                                                local_files_only=offline),
+        what=what, repo_id=repo_id, filename=None, revision=rev, cache=cache,
+    ))
     if verify:
         for path in sorted(folder.rglob("*")):
             if path.is_file():

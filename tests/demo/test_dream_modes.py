@@ -61,7 +61,9 @@ def test_image_variations(tiny_demo, tmp_path, photos):
     assert _dream(tiny_demo, tmp_path / "b", "--image", str(photos[1]), "-n", "2", "--seed", "3") == 0
     names = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
     assert names == ["a_blue_square_seed0_0_seed3_0.png", "a_blue_square_seed0_0_seed3_1.png",
-                     "a_red_circle_seed0_0_seed3_0.png", "a_red_circle_seed0_0_seed3_1.png"]
+                     "a_red_circle_seed0_0_seed3_0.png", "a_red_circle_seed0_0_seed3_1.png", "variations_seed3_grid.png"]
+    with Image.open(tmp_path / "a" / "variations_seed3_grid.png") as grid:  # a row per image: it, then its variations
+        assert grid.size == (3 * 32, 2 * 32)
     for n in ("a_blue_square_seed0_0_seed3_0.png", "a_blue_square_seed0_0_seed3_1.png"):  # same noise, alone or not
         assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes()
     side = json.loads((tmp_path / "a" / "a_red_circle_seed0_0_seed3_1.json").read_text())
