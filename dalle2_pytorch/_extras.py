@@ -1,7 +1,7 @@
 """Optional dependencies: one clear line naming the extra to install when one is missing.
 
 The base install (`pip install dalle2-pytorch`) loads models and samples; training, the demo, the
-web page and some CLIP backbones need extras (see setup.py): `[clip]`, `[train]`, `[demo]`,
+web page, the Hub and some CLIP backbones need extras (see setup.py): `[clip]`, `[hub]`, `[train]`, `[demo]`,
 `[web]`, `[vqgan]`, `[all]`.
 """
 

@@ -5,6 +5,10 @@
           --decoder decoder/v1.0.2/latest.pth --clip '{"make": "openai", "model": "ViT-L/14"}' --output out/
     dream --image photo.png --model-dir demo_output/models --output variations/   # image variations
     dream --serve --model-dir demo_output --port 7860     # the web page (`[web]` extra), prints its address
+    dream "a red circle" --pretrained laion/dalle2 --output out/                   # LAION's release by name
+
+Interpolations, text diffs, inpainting, negative prompts and replays from sidecars: see
+`dalle2_pytorch.cli_modes`. Every image is written with a JSON sidecar of its settings.
 
 A model folder holds `dalle2.json` (`{"prior": "prior", "decoder": "decoder", "clip": {...}}`, paths
 relative to the folder) or the subfolders `prior/`, `decoder/` (our safetensors exports) and `clip/` (a
@@ -17,7 +21,6 @@ import argparse
 import importlib
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,69 +38,32 @@ class DreamError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
-def _slug(text: str, max_len: int = 48) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-    return slug[:max_len] or "image"
-
-
 def _parse_clip_spec(spec: str | dict | None, base: Path | None) -> dict | None:
     """A CLIP spec: AdapterConfig JSON (inline or file), or a saved x-clip folder."""
-    if spec is None:
-        return None
-    if isinstance(spec, dict):
-        cfg = dict(spec)
-    else:
-        p = Path(spec)
-        if p.is_dir():
-            cfg = {"make": "x-clip", "model": str(p)}
-        elif p.is_file():
-            cfg = json.loads(p.read_text())
-        else:
-            try:
-                cfg = json.loads(spec)
-            except json.JSONDecodeError:
-                raise DreamError(f"--clip {spec!r} is neither a folder, a JSON file nor inline JSON") from None
-    model = cfg.get("model")
-    if base is not None and cfg.get("make") in ("x-clip", "x_clip") and model and not Path(model).is_absolute():
-        cfg["model"] = str(base / model)
-    return cfg
+    from dalle2_pytorch.compat.pretrained import parse_clip_spec
+
+    try:
+        return parse_clip_spec(spec, base)
+    except ValueError as e:
+        raise DreamError(f"--clip: {e}") from None
 
 
 def _build_clip(spec: dict | None, device: str):
-    if spec is None:
-        return None
-    from dalle2_pytorch.config.clip import AdapterConfig
+    from dalle2_pytorch.compat.pretrained import build_clip
 
     try:
-        return AdapterConfig.model_validate(spec).create().to(device)
-    except (OSError, ValueError) as e:
-        raise DreamError(f"could not build the CLIP adapter from {spec}: {e}") from e
+        return build_clip(spec, device)
+    except ValueError as e:
+        raise DreamError(str(e)) from e
 
 
 def _model_dir_sources(model_dir: Path) -> dict[str, Any]:
-    if not model_dir.exists():
-        raise DreamError(f"model folder not found: {model_dir}")
-    if not model_dir.is_dir():
-        raise DreamError(f"--model-dir must be a folder, got a file: {model_dir}")
-    index = model_dir / MODEL_INDEX
-    if index.exists():
-        try:
-            meta = json.loads(index.read_text())
-        except json.JSONDecodeError as e:
-            raise DreamError(f"{index} is not valid JSON: {e}") from e
-        return {
-            "prior": model_dir / meta.get("prior", "prior"),
-            "decoder": model_dir / meta.get("decoder", "decoder"),
-            "clip": _parse_clip_spec(meta.get("clip"), model_dir),
-        }
-    found = {name: model_dir / name for name in ("prior", "decoder", "clip") if (model_dir / name).exists()}
-    if "prior" not in found or "decoder" not in found:
-        raise DreamError(
-            f"{model_dir} holds no {MODEL_INDEX} and no prior/ + decoder/ subfolders; "
-            "point --model-dir at a demo or training output folder"
-        )
-    return {"prior": found["prior"], "decoder": found["decoder"],
-            "clip": _parse_clip_spec(str(found["clip"]), None) if "clip" in found else None}
+    from dalle2_pytorch.compat.pretrained import read_model_folder
+
+    try:
+        return read_model_folder(model_dir)
+    except ValueError as e:
+        raise DreamError(f"--model-dir: {e}") from None
 
 
 def load_models(
@@ -109,16 +75,19 @@ def load_models(
     decoder_config: str | None = None,
     clip: str | dict | None = None,
     device: str = "cpu",
+    pretrained: str | None = None,
 ):
-    """Loads (prior, decoder, clip adapter) from a model folder or explicit checkpoint files."""
+    """Loads (prior, decoder, clip adapter) from a model folder, a pretrained name or checkpoint files."""
     from dalle2_pytorch.decoder import Decoder
     from dalle2_pytorch.prior import DiffusionPrior
     from dalle2_pytorch.serialization import CheckpointError
 
+    if pretrained is not None:
+        return _load_pretrained(pretrained, clip, device)
     sources: dict[str, Any] = {"prior": prior, "decoder": decoder, "clip": _parse_clip_spec(clip, None)}
     if model_dir is not None:
         found = _model_dir_sources(Path(model_dir))
-        sources = {k: sources[k] if sources[k] is not None else v for k, v in found.items()}
+        sources = {k: sources[k] if sources[k] is not None else v for k, v in found.items() if k in sources}
     if sources["decoder"] is None:
         raise DreamError("no decoder given: use --model-dir or --decoder")
     for name in ("prior", "decoder"):
@@ -137,6 +106,19 @@ def load_models(
     return (None if prior_model is None else prior_model.to(device)), decoder_model.to(device), adapter
 
 
+def _load_pretrained(name: str, clip: str | dict | None, device: str):
+    """(prior, decoder, clip) of `DALLE2.from_pretrained(name)` (`--clip` replaces its CLIP)."""
+    from dalle2_pytorch.dalle2 import DALLE2
+    from dalle2_pytorch.serialization import CheckpointError
+
+    try:
+        chain = DALLE2.from_pretrained(name, clip=_build_clip(_parse_clip_spec(clip, None), device) if clip else "auto",
+                                       map_location=device)
+    except (CheckpointError, OSError) as e:
+        raise DreamError(f"could not load the models: {e}") from e
+    return chain.prior, chain.decoder, chain.clip
+
+
 def _read_prompts(args) -> list[str]:
     prompts = list(args.prompts)
     if args.prompts_file:
@@ -151,20 +133,9 @@ def _read_prompts(args) -> list[str]:
     return prompts
 
 
-def _load_image(path: str, size: int) -> torch.Tensor:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (OSError, UnidentifiedImageError) as e:
-        raise DreamError(f"could not read image {path}: {e}") from e
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-
-
 def generate(args) -> list[Path]:
     """Runs `dream` with parsed arguments; returns the written files."""
-    from dalle2_pytorch.dalle2 import DALLE2, to_pil_images
+    from dalle2_pytorch import cli_modes
 
     if args.num_images < 1 or args.batch_size < 1:
         raise DreamError("--num-images and --batch-size must be >= 1")
@@ -173,56 +144,15 @@ def generate(args) -> list[Path]:
             raise DreamError(f"{flag} must be >= 1, got {value}")
     _check_sampler(args.sampler)
     _check_sampler(args.prior_sampler)
-    prior, decoder, clip = load_models(
+    prompts = _read_prompts(args)
+    mode = cli_modes.check_arguments(args, prompts)
+    if mode == "replay":
+        return cli_modes.replay(args, load_models)
+    prior, decoder, _ = load_models(
         model_dir=args.model_dir, prior=args.prior, decoder=args.decoder, prior_config=args.prior_config,
-        decoder_config=args.decoder_config, clip=args.clip, device=args.device,
+        decoder_config=args.decoder_config, clip=args.clip, device=args.device, pretrained=args.pretrained,
     )
-    clip = clip or (prior.clip if prior is not None else None)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(args.seed)
-    jobs: list[tuple[str, Any]] = []
-    if args.image:
-        if clip is None:
-            raise DreamError("image variations need a CLIP to embed the image (--clip or a model folder with one)")
-        for path in args.image:
-            jobs += [(Path(path).stem, path)] * args.num_images
-    else:
-        prompts = _read_prompts(args)
-        if not prompts:
-            raise DreamError("give at least one prompt (arguments or --prompts-file)")
-        if prior is None:
-            raise DreamError("text prompts need a prior (--prior or a model folder with one)")
-        jobs = [(p, p) for p in prompts for _ in range(args.num_images)]
-
-    chain = DALLE2(prior=prior, decoder=decoder, prior_num_samples=args.prior_candidates,
-                   prior_sampler=args.prior_sampler, decoder_sampler=args.sampler)
-    written: list[Path] = []
-    counters: dict[str, int] = {}
-    for start in range(0, len(jobs), args.batch_size):
-        batch = jobs[start : start + args.batch_size]
-        if args.image:
-            images = torch.stack([_load_image(src, clip.image_size) for _, src in batch]).to(args.device)
-            # a text-conditioned decoder also gets a caption: the file name (as dalle2-laion does)
-            images = chain.variations(
-                images, captions=[name.replace("_", " ") for name, _ in batch], cond_scale=args.cond_scale,
-                decoder_steps=args.decoder_steps, generator=generator, progress=args.progress,
-            )
-        else:
-            images = chain(
-                [src for _, src in batch], cond_scale=args.cond_scale, prior_cond_scale=args.prior_cond_scale,
-                prior_steps=args.prior_steps, decoder_steps=args.decoder_steps, generator=generator,
-                progress=args.progress,
-            )
-        for (name, _), pil in zip(batch, to_pil_images(images)):
-            slug = _slug(name)
-            index = counters.get(slug, 0)
-            counters[slug] = index + 1
-            path = out_dir / f"{slug}_seed{args.seed}_{index}.png"
-            pil.save(path)
-            written.append(path)
-            print(path)
-    return written
+    return cli_modes.run(args, mode, prompts, prior, decoder)
 
 
 def _sampler_names() -> list[str]:
@@ -278,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the flags above set the page's defaults")
     p.add_argument("--host", default="127.0.0.1", help="--serve: address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="--serve: port (0: any free port)")
+    from dalle2_pytorch.cli_modes import add_arguments
+
+    add_arguments(p)  # --interpolate, --text-diff, --inpaint, --negative-prompt, --pretrained, --replay, ...
     return p
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "SCHEDULE_BUFFER_NAMES",
     "convert_decoder_state_dict",
     "detect_decoder_layout",
+    "detect_own_decoder_layout",
     "load_unet_state_dict",
     "split_unet_state_dicts",
 ]
@@ -111,6 +112,18 @@ def detect_decoder_layout(state_dict: Mapping[str, Any]) -> str:
         "cannot tell the decoder key generation (no cross-attention or downsample keys); "
         "pass layout='1.1.0' or '1.15.6' explicitly"
     )
+
+
+def detect_own_decoder_layout(state_dict: Mapping[str, Any]) -> str:
+    """The layout of a state dict saved by this package (exports, trainer checkpoints).
+
+    Our Unets use one key naming in both layouts (cross-attention without the 1.1.0 `.fn.`), so only
+    the downsample convolutions tell them apart: 4x4 strided convs mean "1.1.0".
+    """
+    for key, value in state_dict.items():
+        if _OLD_DOWNSAMPLE.match(key) and len(_shape(value)) == 4 and _shape(value)[-2:] == (4, 4):
+            return "1.1.0"
+    return "1.15.6"
 
 
 def convert_decoder_state_dict(

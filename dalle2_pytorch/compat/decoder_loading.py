@@ -17,7 +17,12 @@ from typing import Any, Sequence
 
 import torch
 
-from dalle2_pytorch.compat.decoder_keys import convert_decoder_state_dict, detect_decoder_layout, split_unet_state_dicts
+from dalle2_pytorch.compat.decoder_keys import (
+    convert_decoder_state_dict,
+    detect_decoder_layout,
+    detect_own_decoder_layout,
+    split_unet_state_dicts,
+)
 from dalle2_pytorch.compat.files import read_weights, resolve_config_source
 from dalle2_pytorch.compat.keys import check_state_dict
 from dalle2_pytorch.compat.schedules import check_schedule_buffers
@@ -52,8 +57,13 @@ def build_decoder_from_config(config: Any, *, layout: str | None = None, clip: A
 
 def _load_one(path, config, *, map_location, strict):
     loaded = read_weights(path, map_location=map_location)
-    layout = detect_decoder_layout(loaded.state_dict)
-    unet_state, schedules, other = convert_decoder_state_dict(loaded.state_dict, layout)
+    if loaded.kind in ("export", "trainer-checkpoint"):
+        # our own files: our key names whatever the layout (an export of LAION's 1.1.0 decoder included)
+        layout = detect_own_decoder_layout(loaded.state_dict)
+        unet_state, schedules, other = convert_decoder_state_dict(loaded.state_dict, "1.15.6")
+    else:
+        layout = detect_decoder_layout(loaded.state_dict)
+        unet_state, schedules, other = convert_decoder_state_dict(loaded.state_dict, layout)
     cfg = _reference_lowres_mode(_decoder_config(resolve_config_source(config, loaded.config, "decoder", "decoder")), loaded)
     vae_state = {k: v for k, v in other.items() if k.startswith("vaes.")}
     decoder = build_decoder_from_config(cfg, layout=layout, load_vae_weights=not vae_state)

@@ -478,3 +478,10 @@ class Decoder(nn.Module):
         # loading lives above the models (compat/); imported by name so the models never import it
         loading = importlib.import_module("dalle2_pytorch.compat.decoder_loading")
         return loading.load_decoder(path, config, clip=clip, map_location=map_location, strict=strict)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs: Any) -> "Decoder":
+        """Loads by name ("laion/dalle2"), model folder, export folder, file or Hub repo id of our
+        exports (huggingface_hub cache, checksums, HF_HUB_OFFLINE). See
+        :func:`dalle2_pytorch.compat.pretrained.load_decoder`."""
+        return importlib.import_module("dalle2_pytorch.compat.pretrained").load_decoder(name_or_path, **kwargs)

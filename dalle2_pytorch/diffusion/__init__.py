@@ -1,5 +1,6 @@
 """Diffusion maths shared by the prior and the decoder (no network code)."""
 
+from dalle2_pytorch.diffusion.clip_latents import slerp, text_diff_direction, weighted_mix
 from dalle2_pytorch.diffusion.guidance import (
     GuidedModel,
     check_cond_scale,
@@ -66,7 +67,10 @@ __all__ = [
     "sample",
     "sampler_info",
     "sampler_names",
+    "slerp",
     "split_prediction",
     "static_threshold",
+    "text_diff_direction",
     "variational_bound_bits",
+    "weighted_mix",
 ]

@@ -6,6 +6,11 @@
   outputs (computed together, as one batch, by its ``forward_cond_and_null``) and this module
   combines them. :class:`GuidedModel` binds a network, its conditioning and the scale into the
   ``model(x_t, t, self_cond)`` callable that the denoiser builder wraps; samplers never see the scale.
+* Negative prompts: the same formula with the null branch replaced by the network's conditional
+  output for a negative conditioning (the negative prompt of Stable Diffusion and of Kandinsky
+  2.x's prior): ``neg + (cond - neg) * cond_scale`` moves away from the negative text as well as
+  towards the prompt. ``guided_forward(..., negative={...})`` takes the keyword arguments that
+  replace the conditioning in that branch.
 * Dynamic thresholding: Saharia et al. 2022 (Imagen), sec. 2.3.
 * l2-norm clamp of CLIP image embeddings scaled by sqrt(d): the reference prior's option.
 """
@@ -25,6 +30,7 @@ __all__ = [
     "check_cond_scale",
     "classifier_free_guidance",
     "dynamic_threshold",
+    "forward_cond_and_negative",
     "guided_forward",
     "l2norm_clamp",
     "static_threshold",
@@ -38,6 +44,9 @@ class GuidableNetwork(Protocol):
     the null output may have batch size 1 when it is the same for every row (it broadcasts).
     ``has_unconditional_branch`` (optional, default True) is False for networks whose dropped
     conditioning never reached the weights (LAION's 1.1.0-era prior).
+    ``forward_cond_and_negative(*args, negative=..., **kwargs)`` (optional) computes the conditional
+    outputs for ``kwargs`` and for ``{**kwargs, **negative}`` together; without it
+    :func:`guided_forward` makes two ``forward`` calls.
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor: ...
@@ -62,16 +71,38 @@ def classifier_free_guidance(cond: torch.Tensor, null: torch.Tensor, cond_scale:
     return null + (cond - null) * cond_scale
 
 
-def guided_forward(net: GuidableNetwork, *args: Any, cond_scale: float = 1.0, **kwargs: Any) -> torch.Tensor:
+def forward_cond_and_negative(
+    net: GuidableNetwork, *args: Any, negative: dict, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's conditional outputs for its conditioning `kwargs` and for the negative
+    conditioning ``{**kwargs, **negative}``: one batched pass when the network provides
+    ``forward_cond_and_negative``, else two ``forward`` calls."""
+    batched = getattr(net, "forward_cond_and_negative", None)
+    if batched is not None:
+        return batched(*args, negative=negative, **kwargs)
+    return net(*args, **kwargs), net(*args, **{**kwargs, **negative})
+
+
+def guided_forward(
+    net: GuidableNetwork, *args: Any, cond_scale: float = 1.0, negative: dict | None = None, **kwargs: Any
+) -> torch.Tensor:
     """Classifier-free guided output of `net` for its ``forward`` arguments.
 
     At ``cond_scale == 1`` only the conditional pass runs. Otherwise the network's conditional and
     null branches run together (``net.forward_cond_and_null``) and are combined by
     :func:`classifier_free_guidance`. A network without an unconditional branch warns that guidance
     has no effect and returns its conditional output.
+
+    `negative` (negative prompts): keyword arguments replacing the conditioning (e.g. the text
+    embedding and encodings of a negative prompt, or a prefix cache built from them); the null
+    branch is then the conditional output for that conditioning, so guidance also works for
+    networks without an unconditional branch.
     """
     if cond_scale == 1:
         return net(*args, **kwargs)
+    if negative is not None:
+        cond, neg = forward_cond_and_negative(net, *args, negative=negative, **kwargs)
+        return classifier_free_guidance(cond, neg, cond_scale)
     if not getattr(net, "has_unconditional_branch", True):
         warnings.warn(
             f"cond_scale={cond_scale} has no effect: this network has no unconditional branch "
@@ -93,15 +124,18 @@ class GuidedModel:
         cond_scale: classifier-free guidance scale (1 = none).
         kwargs: the conditioning keyword arguments of ``net.forward`` (text, image embedding,
             low-resolution image, prefix cache, ...), the same at every step.
+        negative: keyword arguments replacing `kwargs`' conditioning in the null branch (negative
+            prompts; see :func:`guided_forward`), or None for the network's null branch.
     """
 
     net: Any
     cond_scale: float = 1.0
     kwargs: dict = field(default_factory=dict)
+    negative: dict | None = None
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None = None) -> torch.Tensor:
         kwargs = self.kwargs if self_cond is None else {**self.kwargs, "self_cond": self_cond}
-        return guided_forward(self.net, x_t, t, cond_scale=self.cond_scale, **kwargs)
+        return guided_forward(self.net, x_t, t, cond_scale=self.cond_scale, negative=self.negative, **kwargs)
 
 
 def static_threshold(x_start: torch.Tensor) -> torch.Tensor:

@@ -261,8 +261,15 @@ class DiffusionPrior(nn.Module):
         )
 
     # ---------------------------------------------------------------------------------- sampling
-    def _check_guidance(self, cond_scale: float) -> float:
+    def _check_guidance(self, cond_scale: float, negative: bool = False) -> float:
         cond_scale = check_cond_scale(cond_scale)
+        if negative:
+            if cond_scale == 1:
+                raise ValueError(
+                    "a negative prompt has no effect at cond_scale=1: it replaces the unconditional branch "
+                    "of classifier-free guidance; use a prior cond_scale > 1 (e.g. 4)"
+                )
+            return cond_scale  # both branches are conditional: no conditioning dropout needed
         if cond_scale == 1:
             return cond_scale
         if not getattr(self.net, "has_unconditional_branch", True):
@@ -274,20 +281,29 @@ class DiffusionPrior(nn.Module):
             )
         return cond_scale
 
-    def _denoiser(self, cond: dict, cond_scale: float = 1.0, use_prefix_cache: bool = True) -> Callable:
-        """The sampler's denoise function: the guided network, x_0 from its objective, the optional
-        l2-norm clamp. With a network that has `build_prefix_cache` (:class:`DiffusionPriorNetwork`),
-        the text prefix is run through the transformer once here and every step computes only the
-        timestep / image / query tokens (same result)."""
+    def _network_cond(self, cond: dict, use_prefix_cache: bool) -> dict:
+        """The network's conditioning keyword arguments for text conditioning `cond`."""
         net_kw: dict = dict(cond)
         if hasattr(self.net, "build_prefix_cache"):
             if use_prefix_cache:
                 net_kw = {"prefix_cache": self.net.build_prefix_cache(cond["text_embed"], cond.get("text_encodings"))}
             else:
                 net_kw["prefix_cache"] = False  # the full sequence at every step
+        return net_kw
+
+    def _denoiser(
+        self, cond: dict, cond_scale: float = 1.0, use_prefix_cache: bool = True, negative_cond: dict | None = None
+    ) -> Callable:
+        """The sampler's denoise function: the guided network, x_0 from its objective, the optional
+        l2-norm clamp. With a network that has `build_prefix_cache` (:class:`DiffusionPriorNetwork`),
+        the text prefix is run through the transformer once here and every step computes only the
+        timestep / image / query tokens (same result). `negative_cond` (text conditioning of a
+        negative prompt, same batch) replaces the null branch of the guidance."""
+        net_kw = self._network_cond(cond, use_prefix_cache)
+        negative = None if negative_cond is None else self._network_cond(negative_cond, use_prefix_cache)
         clamp = self.sampling_clamp_l2norm and self.predict_x_start
         return build_denoiser(
-            GuidedModel(self.net, cond_scale, net_kw), self.noise_scheduler, self.objective,
+            GuidedModel(self.net, cond_scale, net_kw, negative), self.noise_scheduler, self.objective,
             postprocess=self.l2norm_clamp_embed if clamp else None,
         )
 
@@ -310,6 +326,7 @@ class DiffusionPrior(nn.Module):
         callback=None,
         use_prefix_cache: bool = True,
         progress: bool | None = False,
+        negative_cond: dict | None = None,
     ) -> torch.Tensor:
         """Samples image embeddings (b, d) in CLIP scale (unit norm when the prior is trained well).
 
@@ -328,9 +345,19 @@ class DiffusionPrior(nn.Module):
             use_prefix_cache: compute the text prefix once for all steps (False: the full sequence
                 at every step; same result up to float rounding).
             progress: show a progress bar (None: when stderr is a terminal).
+            negative_cond: text conditioning of negative prompts (same keys and batch as
+                `text_cond`): guidance then pushes away from them instead of from the null branch
+                (needs cond_scale != 1).
         """
-        cond_scale = self._check_guidance(cond_scale)
+        cond_scale = self._check_guidance(cond_scale, negative=negative_cond is not None)
         cond = self._text_cond(text_cond["text_embed"], text_cond.get("text_encodings"))
+        negative = None
+        if negative_cond is not None:
+            negative = self._text_cond(negative_cond["text_embed"], negative_cond.get("text_encodings"))
+            if negative["text_embed"].shape[0] != cond["text_embed"].shape[0]:
+                raise ValueError(
+                    f"negative_cond batch ({negative['text_embed'].shape[0]}) != text_cond batch ({cond['text_embed'].shape[0]})"
+                )
         steps = self._steps(steps, timesteps)
         sampler = default(sampler, default(self.sampler, reference_sampler(steps, self.noise_scheduler.num_timesteps)))
         if eta is None and parse_sampler(sampler)[0] == "ddim":
@@ -344,7 +371,7 @@ class DiffusionPrior(nn.Module):
         try:
             with ProgressBar(steps, "prior", enabled=progress_enabled(progress), then=callback) as bar:
                 x = run_sampler(
-                    self._denoiser(cond, cond_scale, use_prefix_cache),
+                    self._denoiser(cond, cond_scale, use_prefix_cache, negative),
                     tuple(shape),
                     self.noise_scheduler,
                     sampler=sampler,
@@ -384,6 +411,9 @@ class DiffusionPrior(nn.Module):
         eta: float | None = None,
         callback=None,
         progress: bool | None = False,
+        negative_prompt: torch.Tensor | str | Sequence[str] | None = None,
+        negative_text_embed: torch.Tensor | None = None,
+        negative_text_encodings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Image embeddings for captions, best of `num_samples_per_batch` by CLIP similarity.
 
@@ -396,6 +426,11 @@ class DiffusionPrior(nn.Module):
             timesteps: the reference's name of `steps`.
             steps, sampler, eta, callback, progress: as in :meth:`p_sample_loop`.
             generator: noise source; the same seed gives the same embeddings.
+            negative_prompt: text to steer away from: one string for every caption, one per caption,
+                or token ids (b, n). It replaces the unconditional branch of classifier-free
+                guidance (so cond_scale must not be 1); it also works for priors without an
+                unconditional branch (LAION's 1.1.0-era prior). Or give `negative_text_embed`
+                (b or 1, d) (+ `negative_text_encodings`) directly.
 
         Returns:
             (b, image_embed_dim) image embeddings.
@@ -410,12 +445,12 @@ class DiffusionPrior(nn.Module):
         if text_embed is None:
             raise ValueError("sample needs `text` or `text_embed`")
         b, r = text_embed.shape[0], num_samples_per_batch
-        cond = {"text_embed": text_embed.repeat_interleave(r, dim=0)}
-        if text_encodings is not None:
-            cond["text_encodings"] = text_encodings.repeat_interleave(r, dim=0)
+        cond = _repeat_cond(text_embed, text_encodings, r)
+        negative = self._negative_cond(negative_prompt, negative_text_embed, negative_text_encodings, b)
         embeds = self.p_sample_loop(
             (b * r, self.image_embed_dim), cond, cond_scale, timesteps, steps=steps, sampler=sampler,
             generator=generator, eta=eta, callback=callback, progress=progress,
+            negative_cond=None if negative is None else _repeat_cond(*negative, r),
         )
         if r == 1:
             return embeds
@@ -423,6 +458,33 @@ class DiffusionPrior(nn.Module):
         sims = torch.einsum("b r d, b d -> b r", F.normalize(embeds, dim=-1), F.normalize(text_embed, dim=-1))
         best = sims.argmax(dim=-1)
         return embeds[torch.arange(b, device=embeds.device), best]
+
+    def _negative_cond(
+        self, prompt: Any, text_embed: torch.Tensor | None, text_encodings: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(text_embed (batch, d), text_encodings or None) of negative prompts, or None."""
+        if prompt is None and text_embed is None:
+            if text_encodings is not None:
+                raise ValueError("negative_text_encodings needs negative_text_embed")
+            return None
+        if prompt is not None:
+            if text_embed is not None:
+                raise ValueError("give either negative_prompt or negative_text_embed, not both")
+            if isinstance(prompt, str) or (not torch.is_tensor(prompt) and len(list(prompt)) == 1):
+                texts = [prompt] if isinstance(prompt, str) else list(prompt)
+                if not texts[0].strip():
+                    raise ValueError("negative_prompt must be a non-empty string")
+                prompt = texts * batch
+            elif not torch.is_tensor(prompt) and any(not isinstance(t, str) or not t.strip() for t in prompt):
+                raise ValueError("negative prompts must be non-empty strings")
+            text_embed, encodings = self.embed_text(prompt)
+            text_encodings = default(text_encodings, encodings)
+        if text_embed.shape[0] == 1 and batch > 1:
+            text_embed = text_embed.expand(batch, -1)
+            text_encodings = None if text_encodings is None else text_encodings.expand(batch, -1, -1)
+        if text_embed.shape[0] != batch:
+            raise ValueError(f"{text_embed.shape[0]} negative prompts given for {batch} captions")
+        return text_embed, (text_encodings if self.condition_on_text_encodings else None)
 
     # ------------------------------------------------------------------------------- checkpoints
     @classmethod
@@ -434,3 +496,18 @@ class DiffusionPrior(nn.Module):
         # loading lives above the models (compat/); imported by name so the models never import it
         loading = importlib.import_module("dalle2_pytorch.compat.prior_loading")
         return loading.load_prior(path, config, clip=clip, map_location=map_location, strict=strict)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs: Any) -> "DiffusionPrior":
+        """Loads by name ("laion/dalle2"), model folder, export folder, file or Hub repo id of our
+        exports (huggingface_hub cache, checksums, HF_HUB_OFFLINE). See
+        :func:`dalle2_pytorch.compat.pretrained.load_prior`."""
+        return importlib.import_module("dalle2_pytorch.compat.pretrained").load_prior(name_or_path, **kwargs)
+
+
+def _repeat_cond(text_embed: torch.Tensor, text_encodings: torch.Tensor | None, r: int) -> dict:
+    """Text conditioning with every row repeated r times (r candidates per caption)."""
+    cond = {"text_embed": text_embed.repeat_interleave(r, dim=0)}
+    if text_encodings is not None:
+        cond["text_encodings"] = text_encodings.repeat_interleave(r, dim=0)
+    return cond

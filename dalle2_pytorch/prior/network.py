@@ -443,3 +443,33 @@ class DiffusionPriorNetwork(nn.Module):
             torch.cat((image_keep, drop)),
         )
         return out[:b], out[b:]
+
+    def forward_cond_and_negative(
+        self,
+        image_embed: torch.Tensor,
+        diffusion_timesteps: torch.Tensor,
+        *,
+        negative: dict,
+        self_cond: torch.Tensor | None = None,
+        prefix_cache: PriorPrefixCache | bool | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditional outputs for the prompt's conditioning and for a negative prompt's
+        (``{**kwargs, **negative}``), as :func:`~dalle2_pytorch.diffusion.guided_forward` combines
+        them for negative prompts. When both come as :class:`PriorPrefixCache` (the sampling path:
+        ``prefix_cache=`` here and in `negative`), the two branches run as one batch of 2b rows over
+        the joined caches; otherwise as two :meth:`forward` calls. Returns two (b, dim) tensors."""
+        neg_cache = negative.get("prefix_cache")
+        if isinstance(prefix_cache, PriorPrefixCache) and isinstance(neg_cache, PriorPrefixCache) and not kwargs:
+            b = image_embed.shape[0]
+            if neg_cache.batch_size != b or prefix_cache.batch_size != b:
+                raise ValueError(f"prefix caches of {prefix_cache.batch_size} and {neg_cache.batch_size} rows for a batch of {b}")
+            twice = lambda x: None if x is None else torch.cat((x, x), dim=0)  # noqa: E731
+            out = self(
+                twice(image_embed), twice(diffusion_timesteps), self_cond=twice(self_cond),
+                prefix_cache=prefix_cache.cat(neg_cache),
+            )
+            return out[:b], out[b:]
+        cond = self(image_embed, diffusion_timesteps, self_cond=self_cond, prefix_cache=prefix_cache, **kwargs)
+        neg_kwargs = {"self_cond": self_cond, "prefix_cache": prefix_cache, **kwargs, **negative}
+        return cond, self(image_embed, diffusion_timesteps, **neg_kwargs)

@@ -38,6 +38,22 @@ class PriorPrefixCache:
     def batch_size(self) -> int:
         return self.cond.batch_size
 
+    def cat(self, other: "PriorPrefixCache") -> "PriorPrefixCache":
+        """The conditional rows of `self` followed by those of `other` (one batch of both; used to
+        run a prompt's and a negative prompt's branches as one pass). The null rows are dropped."""
+        a, b = self.cond, other.cond
+        if a.prefix_len != b.prefix_len or a.attn_bias.shape != b.attn_bias.shape:
+            raise ValueError("prefix caches of different sequence layouts cannot be joined")
+        cond = TransformerPrefixCache(
+            [torch.cat(pair) for pair in zip(a.keys, b.keys)],
+            [torch.cat(pair) for pair in zip(a.values, b.values)],
+            a.attn_bias,
+            a.prefix_len,
+        )
+        skips = (self.text_skip, other.text_skip)
+        text_skip = None if skips[0] is None or skips[1] is None else torch.cat(skips)
+        return PriorPrefixCache(cond, None, text_skip)
+
 
 def check_prob(name: str, p: float) -> float:
     p = float(p)

@@ -3,6 +3,9 @@
 * :func:`export_model` — this package's format: a directory with `model.safetensors`,
   `config.json` (`{"format": "dalle2_pytorch", "kind": "prior"|"decoder", "version": ...,
   "config": <model config dict>}`) and a `manifest.json` (sizes + sha256), written atomically.
+* :func:`export_dalle2` — a model folder of a whole `DALLE2`: `dalle2.json` + `prior/` + `decoder/`
+  exports (+ `clip/` for a saved x-clip model), what `DALLE2.from_pretrained` and `dream --model-dir`
+  read; :func:`push_to_hub` uploads it (or one prior / decoder export) to a Hugging Face Hub repo.
 * :func:`export_reference_model` — the reference package's tracker "model" `.pth` layout,
   `{"version": "<str>", "config": {...} (decoders only), "model": state_dict}`, for tools built on
   the reference. The version is a plain string and nothing else is pickled; the derived
@@ -12,7 +15,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,7 @@ from torch import nn
 from dalle2_pytorch.training.checkpoint import _jsonable, _write_json, to_safetensors_dict, write_checkpoint, write_file_atomic
 from dalle2_pytorch.version import REFERENCE_VERSION, __version__
 
-__all__ = ["EXPORT_FORMAT", "export_model", "export_reference_model", "infer_kind"]
+__all__ = ["EXPORT_FORMAT", "export_dalle2", "export_model", "export_reference_model", "infer_kind", "push_to_hub"]
 
 EXPORT_FORMAT = "dalle2_pytorch"
 _SCHEDULE_MODULES = ("noise_scheduler", "noise_schedulers")
@@ -138,3 +145,78 @@ def export_reference_model(
         raise ValueError("reference prior files carry no config; keep the prior config JSON beside the file")
     obj["model"] = reference_state_dict(model, exclude_prefixes)
     return write_file_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def export_dalle2(chain: nn.Module, directory: str | os.PathLike, *, clip: Any = None) -> Path:
+    """Writes a `DALLE2` as a model folder: `prior/` and `decoder/` exports and `dalle2.json`.
+
+    Args:
+        chain: the `DALLE2` (its prior may be None).
+        directory: the model folder (created; its `prior/`, `decoder/`, `clip/` are replaced).
+        clip: how loaders rebuild the CLIP, stored in `dalle2.json`: an `AdapterConfig` dict
+            (e.g. `{"make": "openai", "model": "ViT-L/14"}`) or a saved x-clip folder, copied into
+            `clip/`. None stores no CLIP: loaders then need `clip=` to embed prompts and images.
+
+    Returns:
+        The directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"prior": None, "decoder": "decoder", "clip": None}
+    # the chain's sampling defaults, restored by DALLE2.from_pretrained
+    index["chain"] = _jsonable({k: getattr(chain, k, None) for k in ("prior_num_samples", "prior_sampler", "decoder_sampler")}, "chain")
+    if chain.prior is not None:
+        export_model(chain.prior, directory / "prior", kind="prior")
+        index["prior"] = "prior"
+    export_model(chain.decoder, directory / "decoder", kind="decoder")
+    if isinstance(clip, (str, os.PathLike)) and Path(clip).is_dir():
+        target = directory / "clip"
+        if Path(clip).resolve() != target.resolve():
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(clip, target)
+        index["clip"] = {"make": "x-clip", "model": "clip"}
+    elif isinstance(clip, Mapping):
+        index["clip"] = _jsonable(dict(clip), "clip")
+    elif clip is not None:
+        raise TypeError(f"clip must be an AdapterConfig dict or a saved x-clip folder, got {type(clip).__name__}")
+    tmp = directory / f"dalle2.json.tmp-{secrets.token_hex(4)}"
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, directory / "dalle2.json")
+    return directory
+
+
+def push_to_hub(
+    model: nn.Module | str | os.PathLike,
+    repo_id: str,
+    *,
+    clip: Any = None,
+    token: str | bool | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Uploads our export of `model` to a Hugging Face Hub repo; returns the repo URL.
+
+    Args:
+        model: a `DALLE2` (written by :func:`export_dalle2`, `clip` as there), a `DiffusionPrior` or
+            `Decoder` (written by :func:`export_model`), or an existing model / export folder.
+        repo_id: "owner/name" (created if needed).
+        token, private, revision, commit_message: as `huggingface_hub.HfApi.upload_folder`.
+
+    The folder is checked to load (`from_pretrained` / `from_checkpoint`) before anything is uploaded.
+    """
+    from dalle2_pytorch.compat.hub import upload_folder
+    from dalle2_pytorch.compat.pretrained import read_model_folder
+
+    with tempfile.TemporaryDirectory(prefix="dalle2_push_") as tmp:
+        if isinstance(model, (str, os.PathLike)):
+            folder = Path(model)
+            if not (folder / "config.json").exists():
+                read_model_folder(folder)  # a model folder, or a clear error
+        elif hasattr(model, "decoder") and hasattr(model, "prior"):
+            folder = export_dalle2(model, Path(tmp) / "model", clip=clip)
+        else:
+            folder = export_model(model, Path(tmp) / "model")
+        return upload_folder(folder, repo_id, token=token, private=private, revision=revision,
+                             commit_message=commit_message)

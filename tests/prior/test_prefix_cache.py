@@ -161,7 +161,9 @@ def test_prior_sample_cached_equals_uncached(net_config: dict, prior_config: dic
     prior.net.build_prefix_cache = spy
     cached = draw()
     assert len(calls) == 1  # built once per sampling loop
-    prior._denoiser = lambda cond, cond_scale=1.0, use_prefix_cache=True: DiffusionPrior._denoiser(prior, cond, cond_scale, False)
+    prior._denoiser = lambda cond, cond_scale=1.0, use_prefix_cache=True, negative_cond=None: DiffusionPrior._denoiser(
+        prior, cond, cond_scale, False, negative_cond
+    )
     uncached = draw()
     assert len(calls) == 1
     close(cached, uncached)
