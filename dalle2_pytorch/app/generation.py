@@ -13,7 +13,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dalle2_pytorch.app.interpolation import interpolate_frames
 from dalle2_pytorch.clip_adapters.score import clip_score
 from dalle2_pytorch.dalle2 import DALLE2, to_pil_images
 from dalle2_pytorch.diffusion import parse_sampler, sampler_names
@@ -190,35 +189,29 @@ class PageModel:
         )
         return [(pil, f"variation {i + 1}") for i, pil in enumerate(to_pil_images(images))]
 
-    def _endpoint(self, prompt: Any, image: Any, which: str, settings: Settings) -> tuple[torch.Tensor, str]:
-        """(1, d) CLIP image embedding of an endpoint: the image if one is given, else the prior's for the prompt."""
-        device = self.chain.decoder.device
+    def _endpoint(self, prompt: Any, image: Any, which: str) -> Any:
+        """An interpolation endpoint for `DALLE2.interpolate`: the image (a (c, s, s) tensor in [0, 1])
+        if one is given, else the prompt (which needs a prior)."""
         if image is not None:
-            tensor = _pil_to_tensor(image, self.clip.image_size)[None].to(device)
-            return self.clip.embed_image(tensor).image_embed, ""
+            return _pil_to_tensor(image, self.clip.image_size)
         text = self._prompt(prompt, f"{which} prompt (or image)")
         self._require_prior()
-        prior = self.chain.prior
-        text_embed, text_encodings = prior.embed_text(prior.tokenize([text]))
-        embed = prior.sample(
-            text_embed=text_embed, text_encodings=text_encodings if prior.condition_on_text_encodings else None,
-            num_samples_per_batch=self.chain.prior_num_samples, cond_scale=settings.prior_cond_scale,
-            steps=settings.steps, sampler=settings.sampler, generator=settings.generator,
-        )
-        return embed.to(device), text
+        return text
 
     def interpolate(self, start: tuple[Any, Any], end: tuple[Any, Any], frames: Any,
                     settings: Settings) -> list[tuple[Any, str]]:
-        """Frames between two prompts or images (each endpoint: (prompt, image); the image wins)."""
+        """Frames between two prompts or images (each endpoint: (prompt, image); the image wins),
+        through `DALLE2.interpolate` (unCLIP sec. 3.2: slerp, every frame with the same noise)."""
         n = _whole(frames, "frames")
         if not 2 <= n <= 32:
             raise PageInputError(f"frames must be between 2 and 32, got {n}")
-        a, caption_a = self._endpoint(*start, "start", settings)
-        b, caption_b = self._endpoint(*end, "end", settings)
-        images, ts = interpolate_frames(
-            self.chain, a, b, n, captions=(caption_a, caption_b), seed=settings.seed, cond_scale=settings.cond_scale,
-            steps=settings.steps, sampler=settings.sampler,
+        a, b = self._endpoint(*start, "start"), self._endpoint(*end, "end")
+        images = self.chain.interpolate(
+            a, b, n, decoder_noise_seed=settings.seed, generator=settings.generator,
+            prior_cond_scale=settings.prior_cond_scale, prior_steps=settings.steps, prior_sampler=settings.sampler,
+            cond_scale=settings.cond_scale, decoder_steps=settings.steps, decoder_sampler=settings.sampler,
         )
+        ts = [k / (n - 1) for k in range(n)]
         return [(pil, f"t = {t:.2f}") for pil, t in zip(to_pil_images(images), ts)]
 
     def summary(self) -> str:

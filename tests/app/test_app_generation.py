@@ -1,4 +1,4 @@
-"""The web page's actions without a browser: input checks, seeds, variations, interpolation (slerp), imports."""
+"""The web page's actions without a browser: input checks, seeds, variations, interpolation, imports."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from PIL import Image
 
 from dalle2_pytorch import DALLE2, Decoder, DiffusionPrior, DiffusionPriorNetwork, Unet
 from dalle2_pytorch.app.generation import DEFAULT_SAMPLER, PageInputError, PageModel, sampler_choices
-from dalle2_pytorch.app.interpolation import interpolate_frames, slerp
 from dalle2_pytorch.dalle2 import to_pil_images
 from tests.conftest import make_x_clip_adapter
 
@@ -99,24 +98,6 @@ def test_variations_of_an_uploaded_image(model):
         model.variations(None, "", model.check(**GOOD))
 
 
-def test_slerp_endpoints_angles_and_norms():
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g)
-    assert torch.equal(slerp(a, b, 0.0), a) and torch.equal(slerp(a, b, 1.0), b)
-    ua, ub = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    omega = torch.arccos((ua * ub).sum(-1))
-    for t in (0.25, 0.5, 0.8):
-        z = slerp(a, b, t)
-        # on the great circle: the angle to a is t * omega, to b (1 - t) * omega
-        angle_a = torch.arccos((F.normalize(z, dim=-1) * ua).sum(-1).clamp(-1, 1))
-        angle_b = torch.arccos((F.normalize(z, dim=-1) * ub).sum(-1).clamp(-1, 1))
-        assert torch.allclose(angle_a, t * omega, atol=1e-4) and torch.allclose(angle_b, (1 - t) * omega, atol=1e-4)
-        assert torch.allclose(z.norm(dim=-1), (1 - t) * a.norm(dim=-1) + t * b.norm(dim=-1), atol=1e-5)
-    # parallel inputs: no division by sin(0)
-    same = slerp(ua, 2 * ua, 0.5)
-    assert torch.isfinite(same).all() and torch.allclose(same, 1.5 * ua, atol=1e-6)
-
-
 def test_interpolation_ends_are_the_endpoints_own_generations(model):
     chain, clip = model.chain, model.clip
     red, blue = Image.new("RGB", (32, 32), (220, 20, 20)), Image.new("RGB", (32, 32), (20, 20, 220))  # CLIP size
@@ -136,14 +117,6 @@ def test_interpolation_ends_are_the_endpoints_own_generations(model):
         model.interpolate(("a red circle", None), ("", None), 3, s)
     with pytest.raises(PageInputError, match="frames must be between 2 and 32"):
         model.interpolate(("a", None), ("b", None), 1, s)
-
-
-def test_interpolate_frames_keeps_the_noise_fixed(model):
-    """Equal endpoints give equal frames: nothing but the embedding changes from frame to frame."""
-    embed = F.normalize(torch.randn(1, EMB, generator=torch.Generator().manual_seed(1)), dim=-1)
-    images, ts = interpolate_frames(model.chain, embed, embed.clone(), 3, seed=5)
-    assert ts == [0.0, 0.5, 1.0] and images.shape == (3, 3, 16, 16)
-    assert torch.allclose(images[0], images[1], atol=1e-5) and torch.allclose(images[0], images[2], atol=1e-5)
 
 
 def test_gradio_is_imported_only_when_the_page_is_asked_for():
@@ -183,4 +156,4 @@ def test_serve_with_a_missing_model_folder_is_one_line(tmp_path, entry):
                          capture_output=True, text=True, timeout=300,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.strip() == f"dream: error: model folder not found: {missing}"
+    assert out.stderr.strip() == f"dream: error: --model-dir: model folder not found: {missing}"
