@@ -165,11 +165,21 @@ def _settings(args) -> dict:
     return {k: getattr(args, k) for k in _SETTINGS}
 
 
+def _is_path(value: object) -> bool:
+    """Whether a model argument names an existing file or folder (inline JSON and names do not)."""
+    if not isinstance(value, str) or value.lstrip().startswith("{"):
+        return False
+    try:
+        return Path(value).exists()
+    except OSError:  # e.g. a name too long to be a path
+        return False
+
+
 def _models(args) -> dict:
     out = {}
     for k in _MODELS:
         v = getattr(args, k)
-        out[k] = describe(Path(v)) if isinstance(v, str) and k != "pretrained" and Path(v).exists() else v
+        out[k] = describe(Path(v)) if k != "pretrained" and _is_path(v) else v
     return out
 
 

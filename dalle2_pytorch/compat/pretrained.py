@@ -124,6 +124,11 @@ def parse_clip_spec(spec: str | os.PathLike | dict | None, base: str | os.PathLi
         return None
     if isinstance(spec, dict):
         cfg = dict(spec)
+    elif isinstance(spec, str) and spec.lstrip().startswith("{"):  # inline JSON (may be too long for a path)
+        try:
+            cfg = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"inline CLIP spec is not valid JSON: {e}") from None
     else:
         p = Path(spec)
         if p.is_dir():
