@@ -8,6 +8,11 @@
 A model folder holds `dalle2.json` (`{"prior": "prior", "decoder": "decoder", "clip": {...}}`, paths
 relative to the folder) or the subfolders `prior/`, `decoder/` (our safetensors exports) and `clip/` (a
 saved x-clip model). `--prior` / `--decoder` also take reference or LAION checkpoint files.
+
+Every failure is one line on stderr (`dream: error: ...`) and a non-zero exit status: 2 for bad
+arguments or files (empty prompt, negative guidance scale, unknown or unavailable device, `--output`
+naming a file, damaged or tampered checkpoint), 3 when generation fails (e.g. the model produces
+NaN: no image is written from non-finite values). `--verbose` also prints the traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,15 +29,62 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["dream", "load_models", "main"]
+from dalle2_pytorch.command_line import ArgumentParser, UserError, check_device, run_command
+
+__all__ = ["dream", "load_models", "main", "validate_args"]
 
 logger = logging.getLogger("dalle2_pytorch.dream")
 
 MODEL_INDEX = "dalle2.json"
 
 
-class DreamError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
+class DreamError(UserError):
+    """A user-facing error: printed as one line without a traceback, exit status 2."""
+
+
+class GenerationError(DreamError):
+    """Generation produced unusable output (non-finite values); exit status 3."""
+
+    exit_status = 3
+
+
+MAX_NUM_IMAGES = 10_000  # per prompt: a larger count is a typo, not a request (it would run for days)
+MAX_PRIOR_CANDIDATES = 1024  # prior samples per image, all in one batch
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Checks every argument before any model is loaded or file written.
+
+    Raises:
+        DreamError: naming the first bad argument.
+    """
+    if args.num_images < 1 or args.batch_size < 1:
+        raise DreamError("--num-images and --batch-size must be >= 1")
+    if args.num_images > MAX_NUM_IMAGES:
+        raise DreamError(f"--num-images {args.num_images} is more than {MAX_NUM_IMAGES} images per prompt")
+    for name in ("steps", "prior_steps", "decoder_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise DreamError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not 1 <= args.prior_candidates <= MAX_PRIOR_CANDIDATES:
+        raise DreamError(f"--prior-candidates must be between 1 and {MAX_PRIOR_CANDIDATES}, got {args.prior_candidates}")
+    for flag, value in (("--cond-scale", args.cond_scale), ("--prior-cond-scale", args.prior_cond_scale)):
+        if not math.isfinite(value) or value < 0:
+            raise DreamError(f"{flag} must be a finite number >= 0 (1: no guidance), got {value}")
+    if not 0 <= args.seed < 2**64:
+        raise DreamError(f"--seed must be between 0 and 2**64 - 1, got {args.seed}")
+    check_device(args.device)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise DreamError(f"--output {out} is an existing file; give a folder (created if missing) for the images")
+    if args.image:
+        if args.prompts or args.prompts_file:
+            raise DreamError("give text prompts or --image (image variations), not both")
+        for path in args.image:
+            if not Path(path).is_file():
+                raise DreamError(f"--image {path}: file not found")
+    else:
+        _read_prompts(args)
 
 
 def _slug(text: str, max_len: int = 48) -> str:
@@ -136,16 +190,31 @@ def load_models(
 
 
 def _read_prompts(args) -> list[str]:
+    """The prompts of the arguments and `--prompts-file`; empty or blank prompts are errors."""
     prompts = list(args.prompts)
+    for i, prompt in enumerate(prompts, 1):
+        if not prompt.strip():
+            raise DreamError(f"prompt {i} is empty; give some text (or use --image for image variations)")
     if args.prompts_file:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise DreamError(f"prompts file not found: {path}")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DreamError(f"could not read prompts file {path}: {e}") from e
         if path.suffix == ".json":
-            prompts += [str(p) for p in json.loads(text)]
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DreamError(f"prompts file {path} is not valid JSON: {e}") from e
+            if not isinstance(items, list) or not all(isinstance(p, str) and p.strip() for p in items):
+                raise DreamError(f"prompts file {path} must hold a JSON list of non-empty strings")
+            prompts += items
         else:
             prompts += [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise DreamError("give at least one prompt (arguments or --prompts-file)")
     return prompts
 
 
@@ -164,8 +233,7 @@ def generate(args) -> list[Path]:
     """Runs `dream` with parsed arguments; returns the written files."""
     from dalle2_pytorch.dalle2 import to_pil_images
 
-    if args.num_images < 1 or args.batch_size < 1:
-        raise DreamError("--num-images and --batch-size must be >= 1")
+    validate_args(args)
     prior, decoder, clip = load_models(
         model_dir=args.model_dir, prior=args.prior, decoder=args.decoder, prior_config=args.prior_config,
         decoder_config=args.decoder_config, clip=args.clip, device=args.device,
@@ -182,8 +250,6 @@ def generate(args) -> list[Path]:
             jobs += [(Path(path).stem, path)] * args.num_images
     else:
         prompts = _read_prompts(args)
-        if not prompts:
-            raise DreamError("give at least one prompt (arguments or --prompts-file)")
         if prior is None:
             raise DreamError("text prompts need a prior (--prior or a model folder with one)")
         jobs = [(p, p) for p in prompts for _ in range(args.num_images)]
@@ -211,19 +277,27 @@ def generate(args) -> list[Path]:
                 text_encodings = clip.embed_text(tokens).text_encodings
             images = decoder.sample(image_embed=image_embed, text_encodings=text_encodings, cond_scale=args.cond_scale,
                                     timesteps=args.decoder_steps, generator=generator)
+        if not bool(torch.isfinite(images).all()):
+            names = ", ".join(sorted({repr(name) for name, _ in batch}))
+            raise GenerationError(
+                f"the models produced non-finite values (NaN/inf) for {names}: no image was written for them "
+                "(the weights or the guidance scale are unusable)"
+            )
         for (name, _), pil in zip(batch, to_pil_images(images)):
             slug = _slug(name)
             index = counters.get(slug, 0)
             counters[slug] = index + 1
             path = out_dir / f"{slug}_seed{args.seed}_{index}.png"
-            pil.save(path)
+            tmp = path.with_name(f".{path.name}.tmp")
+            pil.save(tmp, format="PNG")  # complete files only: written aside, then renamed
+            os.replace(tmp, path)
             written.append(path)
             print(path)
     return written
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dream", description="Generate images from text prompts with a trained DALL-E 2.")
+    p = ArgumentParser(prog="dream", description="Generate images from text prompts with a trained DALL-E 2.")
     p.add_argument("prompts", nargs="*", help="text prompts")
     p.add_argument("--prompts-file", help="a .txt file (one prompt per line) or a .json list")
     p.add_argument("--model-dir", help="a demo/training output folder (dalle2.json or prior/ + decoder/ + clip/)")
@@ -233,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-config", help="config for a decoder file that carries none")
     p.add_argument("--clip", help="CLIP: a saved x-clip folder, AdapterConfig JSON file, or inline JSON")
     p.add_argument("--image", nargs="+", help="image variations: embed these images with CLIP instead of the prior")
-    p.add_argument("--output", "-o", default="dream_output", help="output folder (created)")
+    p.add_argument("--output", "-o", default="dream_output", help="output folder (created; must not be a file)")
     p.add_argument("--num-images", "-n", type=int, default=1, help="images per prompt")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps for prior and decoder (default: the models')")
@@ -245,20 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-candidates", type=int, default=2, help="prior samples per prompt, reranked by CLIP")
     p.add_argument("--batch-size", type=int, default=8, help="images generated at once")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, mps, ...")
-    p.add_argument("--verbose", "-v", action="store_true")
+    p.add_argument("--verbose", "-v", action="store_true", help="log progress; print the traceback of an error")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `dream`; returns the exit status (every error is one line on stderr, see
+    :mod:`dalle2_pytorch.command_line`)."""
+    return run_command("dream", _main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     args.prior_steps = args.prior_steps if args.prior_steps is not None else args.steps
     args.decoder_steps = args.decoder_steps if args.decoder_steps is not None else args.steps
-    try:
-        generate(args)
-    except (DreamError, ValueError) as e:
-        print(f"dream: error: {e}", file=sys.stderr)
-        return 2
+    validate_args(args)
+    generate(args)
     return 0
 
 

@@ -7,7 +7,13 @@
   `{"version": "<str>", "config": {...} (decoders only), "model": state_dict}`, for tools built on
   the reference. The version is a plain string and nothing else is pickled; the derived
   noise-schedule buffers (non-persistent here, stored by the reference) are included so that the
-  reference's strict loading accepts the file.
+  reference's strict loading accepts the file. A `<file>.sha256` (`sha256sum -c` format) is written
+  beside it; `from_checkpoint` checks the file against it when present.
+
+Exports are byte-reproducible: the same weights and config give files with the same sha256 (no
+timestamps; JSON with sorted keys; one safetensors metadata entry, because safetensors writes its
+metadata map in a per-process random order; `torch.save` archives hold no time or random id).
+Non-finite weights are refused (nothing is written).
 """
 
 from __future__ import annotations
@@ -22,12 +28,22 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dalle2_pytorch.training.checkpoint import _fsync_dir, _fsync_file, _jsonable, _write_json, to_safetensors_dict, write_checkpoint
+from dalle2_pytorch.integrity import check_finite, sha256_file
+from dalle2_pytorch.training.checkpoint import (
+    CheckpointWriteError,
+    _jsonable,
+    _reason,
+    _write_json,
+    current_storage,
+    to_safetensors_dict,
+    write_checkpoint,
+)
 from dalle2_pytorch.version import REFERENCE_VERSION, __version__
 
-__all__ = ["EXPORT_FORMAT", "export_model", "export_reference_model", "infer_kind"]
+__all__ = ["EXPORT_FORMAT", "SHA256_SUFFIX", "export_model", "export_reference_model", "infer_kind"]
 
 EXPORT_FORMAT = "dalle2_pytorch"
+SHA256_SUFFIX = ".sha256"  # `model.pth.sha256` beside a reference-layout file (sha256sum format)
 _SCHEDULE_MODULES = ("noise_scheduler", "noise_schedulers")
 
 
@@ -82,8 +98,10 @@ def export_model(
         "config": _jsonable(config, "config"),
     }
     weights = to_safetensors_dict(_weights(model, exclude_prefixes), f"{kind} state dict")
+    check_finite(weights, f"refusing to export {kind} to {directory}")
     writers = {
-        "model.safetensors": lambda p: save_file(weights, str(p), metadata={"format": "pt", "kind": kind}),
+        # a single metadata entry: safetensors writes its metadata map in random order (`kind` is in config.json)
+        "model.safetensors": lambda p: save_file(weights, str(p), metadata={"format": "pt"}),
         "config.json": lambda p: _write_json(p, header),
     }
     return write_checkpoint(directory, writers, kind=kind)
@@ -138,14 +156,30 @@ def export_reference_model(
     elif config is not None:
         raise ValueError("reference prior files carry no config; keep the prior config JSON beside the file")
     obj["model"] = reference_state_dict(model, exclude_prefixes)
+    check_finite(obj["model"], f"refusing to export {kind} to {path}")
+    storage = current_storage()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
+    sidecar = path.with_name(path.name + SHA256_SUFFIX)
     try:
-        torch.save(obj, tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+        storage.write_file(tmp, lambda p: torch.save(obj, p))
+        storage.fsync_file(tmp)
+        line = f"{sha256_file(tmp)}  {path.name}\n"
+        sidecar_tmp = sidecar.with_name(f"{sidecar.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            storage.write_file(sidecar_tmp, lambda p: p.write_text(line, encoding="utf-8"))
+            storage.fsync_file(sidecar_tmp)
+            if sidecar.exists():  # a stale hash must never describe the new file: drop it first
+                sidecar.unlink()
+            storage.replace(tmp, path)
+            storage.replace(sidecar_tmp, sidecar)
+            storage.fsync_dir(path.parent)
+        finally:
+            if sidecar_tmp.exists():
+                sidecar_tmp.unlink()
+    except Exception as e:
+        raise CheckpointWriteError(f"could not write {path}: {_reason(e)}; the partial write was removed") from e
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
     return path
