@@ -180,12 +180,26 @@ def _index(part: str, items: list, where: str) -> int:
     return int(part)
 
 
+def _location(loc: tuple) -> str:
+    """Dotted field path without pydantic's union-member tags (`function-before[...]`, `tuple[...]`)."""
+    parts = [str(p) for p in loc if isinstance(p, int) or not any(c in str(p) for c in "[]()-, ")]
+    return ".".join(parts) or "<root>"
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
-    """One line per problem: `<dotted location>: <message>`."""
-    lines = [f"invalid training config {source}:"]
+    """One line per problem: `<dotted location>: <message>`. Where a field accepts alternatives (a
+    value or one value per unet), the messages of the alternatives that do not apply ("should be a
+    valid tuple") are left out when a more specific one exists."""
+    by_location: dict[str, list[str]] = {}
     for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "<root>"
-        lines.append(f"  {loc}: {item['msg']}")
+        messages = by_location.setdefault(_location(item["loc"]), [])
+        if item["msg"] not in messages:
+            messages.append(item["msg"])
+    lines = [f"invalid training config {source}:"]
+    for loc, messages in by_location.items():
+        specific = [m for m in messages if not m.startswith(("Input should be a valid tuple", "Input should be a valid list",
+                                                             "Input should be None"))]
+        lines.append(f"  {loc}: {'; '.join(specific or messages)}")
     return "\n".join(lines)
 
 

@@ -94,8 +94,11 @@ def check_config(config: TrainDecoderConfig, source: str = "config") -> str:
     """`--check-config`: builds each Unet on the meta device (no memory, no weights) and returns a
     one-line summary (the Decoder itself computes its noise schedules eagerly, so it is not built)."""
     _single_grad_norm(config.train.max_grad_norm)
-    with torch.device("meta"):
-        unets = [unet.create() for unet in config.decoder.unets]
+    try:
+        with torch.device("meta"):
+            unets = [unet.create() for unet in config.decoder.unets]
+    except (ValueError, TypeError, RuntimeError, AssertionError) as e:
+        raise ConfigError(f"{source}: a Unet cannot be built from this config: {e}") from e
     params = [sum(p.numel() for p in unet.parameters()) for unet in unets]
     sizes = config.decoder.output_image_sizes
     return (f"config OK: {source}: decoder with {len(unets)} unet(s) of {', '.join(f'{n:,}' for n in params)} "

@@ -106,8 +106,11 @@ def cli(argv: Sequence[str] | None = None) -> int:
 def check_config(config: TrainDiffusionPriorConfig, source: str = "config") -> str:
     """`--check-config`: builds the prior network on the meta device (no memory, no weights) and
     returns a one-line summary."""
-    with torch.device("meta"):
-        prior = config.prior.create(build_clip=False)
+    try:
+        with torch.device("meta"):
+            prior = config.prior.create(build_clip=False)
+    except (ValueError, TypeError, RuntimeError, AssertionError) as e:
+        raise ConfigError(f"{source}: the prior network cannot be built from this config: {e}") from e
     params = sum(p.numel() for p in prior.parameters())
     return (f"config OK: {source}: prior with {params:,} parameters; batch size {config.data.batch_size}, "
             f"{config.train.epochs} epoch(s); run folder {config.tracker.data_path}")
