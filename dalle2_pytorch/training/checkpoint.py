@@ -229,11 +229,11 @@ def write_checkpoint(final_dir: str | os.PathLike, writers: Mapping[str, Callabl
     parent = final_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f"{final_dir.name}.tmp-{secrets.token_hex(4)}"
-    storage.mkdir(tmp)
     old: Path | None = None
     placed = False
     current = ""
     try:
+        storage.mkdir(tmp)
         files = {}
         for name, write in writers.items():
             if "/" in name or name == MANIFEST:

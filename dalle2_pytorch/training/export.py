@@ -18,6 +18,7 @@ Non-finite weights are refused (nothing is written).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Mapping, Sequence
@@ -161,25 +162,29 @@ def export_reference_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
     sidecar = path.with_name(path.name + SHA256_SUFFIX)
+    sidecar_tmp = sidecar.with_name(f"{sidecar.name}.tmp-{secrets.token_hex(4)}")
+    old_sidecar = sidecar.read_text(encoding="utf-8") if sidecar.is_file() else None
+    placed = False
     try:
         storage.write_file(tmp, lambda p: torch.save(obj, p))
         storage.fsync_file(tmp)
         line = f"{sha256_file(tmp)}  {path.name}\n"
-        sidecar_tmp = sidecar.with_name(f"{sidecar.name}.tmp-{secrets.token_hex(4)}")
-        try:
-            storage.write_file(sidecar_tmp, lambda p: p.write_text(line, encoding="utf-8"))
-            storage.fsync_file(sidecar_tmp)
-            if sidecar.exists():  # a stale hash must never describe the new file: drop it first
-                sidecar.unlink()
-            storage.replace(tmp, path)
-            storage.replace(sidecar_tmp, sidecar)
-            storage.fsync_dir(path.parent)
-        finally:
-            if sidecar_tmp.exists():
-                sidecar_tmp.unlink()
+        storage.write_file(sidecar_tmp, lambda p: p.write_text(line, encoding="utf-8"))
+        storage.fsync_file(sidecar_tmp)
+        if old_sidecar is not None:  # a stale hash must never describe the new file: drop it first
+            sidecar.unlink()
+        storage.replace(tmp, path)  # atomic: `path` is always a complete file, old or new
+        placed = True
+        storage.replace(sidecar_tmp, sidecar)
+        storage.fsync_dir(path.parent)
     except Exception as e:
-        raise CheckpointWriteError(f"could not write {path}: {_reason(e)}; the partial write was removed") from e
+        if not placed and old_sidecar is not None and not sidecar.exists():
+            with contextlib.suppress(OSError):  # the old file is still there: so is its hash
+                sidecar.write_text(old_sidecar, encoding="utf-8")
+        state = "the new file is complete in place" if placed else "the previous file is intact"
+        raise CheckpointWriteError(f"could not write {path}: {_reason(e)}; {state}") from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in (tmp, sidecar_tmp):
+            if leftover.exists():
+                leftover.unlink()
     return path
