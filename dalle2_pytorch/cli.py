@@ -334,8 +334,7 @@ def _main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     args.prior_steps = args.prior_steps if args.prior_steps is not None else args.steps
     args.decoder_steps = args.decoder_steps if args.decoder_steps is not None else args.steps
-    validate_args(args)
-    generate(args)
+    generate(args)  # validates the arguments first
     return 0
 
 

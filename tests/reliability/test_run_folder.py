@@ -66,19 +66,43 @@ def test_start_over_moves_the_old_run_aside_and_deletes_nothing(tiny_data, tmp_p
     assert [s for s, _ in train_losses(read_metrics(run))] == [1, 2]  # a fresh run in the same place
 
 
-def test_results_without_any_checkpoint_are_not_overwritten(tiny_data, tmp_path, capsys):
-    """e.g. a run killed before its first checkpoint, or checkpoints/ deleted by hand."""
+def test_a_run_stopped_before_its_first_checkpoint_restarts_and_keeps_its_partial_results(tiny_data, tmp_path,
+                                                                                         capsys):
+    """(e.g. SIGKILL before the first save): the same command starts again at step 0 (a scheduler's
+    requeue works), and moves the partial metrics.jsonl / best.ckpt aside instead of overwriting them."""
+    run = tmp_path / "run"
+    _earlier_run(tiny_data, run)
+    for name in ("checkpoints", "export"):
+        shutil.rmtree(run / name)
+    (run / "checkpoints").mkdir()  # made at the start of every run
+    (run / "model.pth").unlink()
+    (run / "model.pth.sha256").unlink()
+    kept = {**digest(run / "best.ckpt"), **digest(run / "metrics.jsonl")}
+
+    status, _, err = call(prior_script.cli, prior_argv(tiny_data, run, "--max-steps", "3"), capsys)
+
+    assert status == 0, err
+    (old_metrics,) = run.glob("metrics.jsonl.old-*")
+    (old_best,) = run.glob("best.ckpt.old-*")
+    assert {**digest(old_best), **digest(old_metrics)} == {k.replace("best.ckpt", old_best.name).replace(
+        "metrics.jsonl", old_metrics.name): v for k, v in kept.items()}
+    assert [s for s, _ in train_losses(read_metrics(run))] == [1, 2, 3]
+
+
+def test_a_finished_run_without_checkpoints_is_not_started_over(tiny_data, tmp_path, capsys):
+    """checkpoints/ removed by hand from a finished run: its exports and best.ckpt stay untouched."""
     run = tmp_path / "run"
     kept = _earlier_run(tiny_data, run)
+    exports = digest(run / "export")
     shutil.rmtree(run / "checkpoints")
 
     status, _, err = call(prior_script.cli, prior_argv(tiny_data, run, "--max-steps", "3"), capsys)
 
     assert status == 2
     line = error_line(err, "train_prior.py")
-    assert "no checkpoint to continue from" in line and "best.ckpt" in line and "metrics.jsonl" in line
+    assert "finished run" in line and "export" in line and "no checkpoint to continue from" in line
     assert "--start-over" in line
-    assert {**digest(run / "best.ckpt"), **digest(run / "metrics.jsonl")} == kept
+    assert {**digest(run / "best.ckpt"), **digest(run / "metrics.jsonl")} == kept and digest(run / "export") == exports
 
 
 @pytest.mark.parametrize("script", ["prior", "decoder"])

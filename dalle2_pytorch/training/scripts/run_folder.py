@@ -5,15 +5,17 @@ Decided once, on the main process, before anything is written (:func:`prepare_ru
 | the folder holds | default (`--resume`) | `--no-resume` | `--start-over` |
 |---|---|---|---|
 | nothing (or does not exist) | start at step 0 | start at step 0 | start at step 0 |
-| a valid checkpoint | continue from the newest valid one (damaged newer ones: one warning each) | **refused** | old run moved aside, start at step 0 |
-| checkpoints, all damaged | **refused**, naming each and why | **refused** | old run moved aside, start at step 0 |
-| no checkpoint but results (`best.ckpt`, `metrics.jsonl`, `export/`, `model.pth`) | **refused** | **refused** | old run moved aside, start at step 0 |
+| a valid checkpoint | continue from the newest valid one (damaged newer ones: one warning each) | **refused** | folder moved aside, start at step 0 |
+| checkpoints, all damaged | **refused**, naming each and why | **refused** | folder moved aside, start at step 0 |
+| no checkpoint, only the partial results of a run stopped before its first checkpoint (`metrics.jsonl`, `best.ckpt`) | those files moved aside (`<name>.old-<time>`), start at step 0 | same | folder moved aside, start at step 0 |
+| no checkpoint but the exports of a finished run (`export/`, `model.pth`) | **refused** | **refused** | folder moved aside, start at step 0 |
 
 A refusal is one line (:class:`RunFolderError`, exit status 2) naming what is there and the two
 ways on: repair (or `--resume`), or `--start-over`, which renames the folder to
-`<folder>.old-<YYYYmmdd-HHMMSS>` (nothing is ever deleted). So a run that starts from step 0 never
-overwrites the `best.ckpt`, `metrics.jsonl` or exports of an earlier run. A folder that cannot be
-written (read-only, no permission) is refused at the start too, before any training.
+`<folder>.old-<YYYYmmdd-HHMMSS>`. Nothing is ever deleted, and a run that starts at step 0 never
+overwrites the `best.ckpt`, `metrics.jsonl` or exports of an earlier run; yet a run killed before
+its first checkpoint restarts with the same command (a scheduler's requeue works). A folder that
+cannot be written (read-only, no permission) is refused at the start too, before any training.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from typing import Any
 from dalle2_pytorch.command_line import UserError
 from dalle2_pytorch.training.checkpoint import checkpoint_problems, list_checkpoints
 
-__all__ = ["RESULT_NAMES", "RunFolderError", "move_run_aside", "prepare_run_folder", "prepare_run_folder_on_all_ranks"]
+__all__ = ["FINAL_NAMES", "RESULT_NAMES", "RunFolderError", "move_run_aside", "prepare_run_folder",
+           "prepare_run_folder_on_all_ranks"]
 
 logger = logging.getLogger("dalle2_pytorch.scripts")
 
 #: files / folders of a run folder that hold results of a run (besides `checkpoints/step_*`)
 RESULT_NAMES = ("best.ckpt", "metrics.jsonl", "export", "model.pth")
+#: results written only when a run finishes
+FINAL_NAMES = ("export", "model.pth")
 
 
 class RunFolderError(UserError):
@@ -60,6 +65,20 @@ def _earlier_results(data_path: Path) -> list[str]:
     return found
 
 
+def _aside(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.old-{stamp}-{n}")
+    try:
+        os.rename(path, target)
+    except OSError as e:
+        raise RunFolderError(f"could not move {path} aside to {target}: {e.strerror or e}") from e
+    return target
+
+
 def move_run_aside(data_path: str | os.PathLike) -> Path | None:
     """Renames a non-empty run folder to `<name>.old-<YYYYmmdd-HHMMSS>` (`-2`, `-3`, ... if taken).
 
@@ -68,17 +87,7 @@ def move_run_aside(data_path: str | os.PathLike) -> Path | None:
     data_path = Path(data_path)
     if not data_path.is_dir() or not any(data_path.iterdir()):
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = data_path.with_name(f"{data_path.name}.old-{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = data_path.with_name(f"{data_path.name}.old-{stamp}-{n}")
-    try:
-        os.rename(data_path, target)
-    except OSError as e:
-        raise RunFolderError(f"--start-over could not move {data_path} aside to {target}: {e.strerror or e}") from e
-    return target
+    return _aside(data_path)
 
 
 def _check_writable(data_path: Path) -> None:
@@ -134,14 +143,20 @@ def prepare_run_folder(data_path: str | os.PathLike, *, resume: bool = True, sta
             f"damaged files, e.g. from a copy of the run folder), or {ways_on}"
         )
     earlier = _earlier_results(data_path)
-    if earlier:
-        if resume:
-            reason = f"{data_path} holds results of an earlier run ({'; '.join(earlier)}) but no checkpoint to continue from"
-            raise RunFolderError(f"refusing to start at step 0 over them: {reason}; {ways_on}")
+    if any(name.startswith("checkpoints") for name in earlier):  # (only reached with --no-resume)
         raise RunFolderError(
             f"--no-resume, but {data_path} holds an earlier run ({'; '.join(earlier)}): continue it with --resume "
             f"(the default), or {ways_on}"
         )
+    if any(name in FINAL_NAMES for name in earlier):
+        raise RunFolderError(
+            f"refusing to start at step 0 over a finished run: {data_path} holds {'; '.join(earlier)} but no "
+            f"checkpoint to continue from; {ways_on}"
+        )
+    for name in earlier:  # partial results of a run stopped before its first checkpoint
+        moved = _aside(data_path / name)
+        logger.warning("no checkpoint to continue from: moved the earlier partial %s to %s (nothing was deleted); "
+                       "starting at step 0", name, moved)
     return None
 
 
