@@ -10,8 +10,8 @@ What it does:
 1. trains `train_configs/decoder_tiny_cpu.json` (checkpoints every 2 steps) uninterrupted to
    `--max-steps` (default: 2 per kill + 8) in `OUT/reference`;
 2. starts the same command in `OUT/killed` and SIGKILLs it `--kills` times: most kills land a
-   random 1-3 training steps (plus up to 0.3 s) after the previous start resumed; every fourth is
-   aimed at a checkpoint write (sent the moment a `step_*.tmp-*` folder appears);
+   random 1-3 training steps (plus up to 0.3 s) after the previous start resumed; every fourth
+   (`--aim-every`) is aimed at a checkpoint write (sent the moment a `step_*.tmp-*` folder appears);
 3. runs the command once more to the end, and compares the final checkpoint (model and EMA weights,
    optimiser state, RNG states, counters) and the per-step training losses with the reference.
 
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="working folder (must not exist)")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--aim-every", type=int, default=4, help="every N-th kill is aimed at a checkpoint write")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.exists():
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "killed"
     stats = {"kills": 0, "aimed": 0, "during_write": 0, "starts": 0, "failed_starts": 0, "finished_early": 0}
     while stats["kills"] < args.kills:
-        aimed = stats["kills"] % 4 == 3
+        aimed = stats["kills"] % args.aim_every == args.aim_every - 1
         log.write(f"\n=== start {stats['starts'] + 1} ({'aimed at a checkpoint write' if aimed else 'random'})\n")
         log.flush()
         before = _steps_logged(run)
