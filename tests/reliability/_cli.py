@@ -40,6 +40,10 @@ def error_line(err: str, prog: str) -> str:
     return errors[0]
 
 
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def digest(path: Path) -> dict[str, str]:
     """sha256 of every file under `path` (or of the file), by relative name."""
     path = Path(path)

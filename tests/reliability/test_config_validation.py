@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dalle2_pytorch.config import TrainDecoderConfig, TrainDiffusionPriorConfig, UnetConfig
-from dalle2_pytorch.config.base import TrainingConfig
 from dalle2_pytorch.decoder.unet import Unet
 from dalle2_pytorch.training.scripts import decoder_script, prior_script
 from tests.reliability._cli import call, error_line
@@ -138,6 +137,8 @@ def test_duplicate_keys_in_a_config_file_are_an_error(tmp_path, capsys):
 
 
 def test_from_json_path_and_validate_paths_have_one_home():
+    from dalle2_pytorch.config.base import TrainingConfig
+
     for cls in (TrainDiffusionPriorConfig, TrainDecoderConfig):
         assert issubclass(cls, TrainingConfig)
         assert "from_json_path" not in cls.__dict__ and "validate_paths" not in cls.__dict__

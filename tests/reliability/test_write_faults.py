@@ -79,15 +79,18 @@ def test_overwriting_best_ckpt_failing_at_any_operation_keeps_the_old_one(tmp_pa
     rng = random.Random(13)
     trainer = make_trainer()
     train(trainer, 0, 2)
-    best = tmp_path / "best.ckpt"
+    best = tmp_path / "run" / "best.ckpt"
     trainer.save(best)
     old = digest(best)
     train(trainer, 2, 3)
-    operations = _operations(lambda: trainer.save(tmp_path / "count.ckpt"))
-    for fail_at in range(1, len(operations) + 2):  # + the move aside of the old directory
-        _fail(lambda: trainer.save(best), fail_at, rng) if fail_at <= len(operations) else None
-        assert digest(best) == old and verify_checkpoint(best)
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "count.ckpt"]
+    scratch = tmp_path / "count" / "best.ckpt"
+    trainer.save(scratch)
+    operations = _operations(lambda: trainer.save(scratch))  # an overwrite: the old one is moved aside first
+    assert ("replace", str(scratch)) in operations
+    for fail_at in range(1, len(operations) + 1):
+        _fail(lambda: trainer.save(best), fail_at, rng)
+        assert digest(best) == old and verify_checkpoint(best), fail_at
+        assert [p.name for p in best.parent.iterdir()] == ["best.ckpt"]
 
 
 def _weights(decoder: Decoder) -> dict[str, torch.Tensor]:
