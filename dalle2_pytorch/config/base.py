@@ -40,7 +40,9 @@ __all__ = [
     "Flag",
     "FiniteFloat",
     "Int",
+    "Layers",
     "Seed",
+    "Steps",
     "PositiveInt",
     "NonNegativeInt",
     "PositiveFloat",
@@ -82,6 +84,10 @@ FiniteFloat = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=Fal
 PositiveFloat = Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, BeforeValidator(_number), Field(ge=0, allow_inf_nan=False)]
 Probability = Annotated[float, BeforeValidator(_number), Field(ge=0, le=1, allow_inf_nan=False)]
+#: diffusion steps (schedules are computed eagerly, one entry per step): at most a million
+Steps = Annotated[int, BeforeValidator(_integer), Field(gt=0, le=1_000_000)]
+#: a count of stacked layers / blocks (each one a module built in Python): at most 1024
+Layers = Annotated[int, BeforeValidator(_integer), Field(gt=0, le=1024)]
 #: a random seed: the scripts add the process index and fixed offsets, and NumPy takes < 2**32
 Seed = Annotated[int, BeforeValidator(_integer), Field(ge=0, lt=2**31)]
 #: a boolean option: true / false (0 / 1 accepted); strings and other numbers are errors

@@ -23,6 +23,7 @@ from .base import (
     PositiveInt,
     Probability,
     Seed,
+    Steps,
     StrictModel,
     TrainingConfig,
     constructor_kwargs,
@@ -68,9 +69,9 @@ class DecoderConfig(StrictModel):
     """Output size of a single-unet decoder; exclusive with `image_sizes`."""
     channels: PositiveInt = 3
     """Image channels."""
-    timesteps: PositiveInt | tuple[PositiveInt, ...] = 1000
+    timesteps: Steps | tuple[Steps, ...] = 1000
     """Training diffusion steps (per unet allowed)."""
-    sample_timesteps: PositiveInt | tuple[PositiveInt | None, ...] | None = None
+    sample_timesteps: Steps | tuple[Steps | None, ...] | None = None
     """Sampling steps per unet; fewer than `timesteps` means DDIM. None: `timesteps`."""
     image_cond_drop_prob: Probability = 0.1
     """Probability of dropping the image embedding in training (classifier-free guidance)."""

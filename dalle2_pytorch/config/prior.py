@@ -21,8 +21,10 @@ from .base import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Layers,
     Probability,
     Seed,
+    Steps,
     StrictModel,
     TrainingConfig,
     constructor_kwargs,
@@ -43,7 +45,7 @@ class DiffusionPriorNetworkConfig(StrictModel):
 
     dim: PositiveInt
     """Model width; equals the CLIP image-embedding dim and the text-encoding width."""
-    num_timesteps: PositiveInt | None = None
+    num_timesteps: Steps | None = None
     """None: continuous time embedding (MLP); int: learned embedding table of that size."""
     num_time_embeds: PositiveInt = 1
     """Tokens the time embedding is split into."""
@@ -55,7 +57,7 @@ class DiffusionPriorNetworkConfig(StrictModel):
     """Text encodings are truncated / padded to this many tokens (77 for OpenAI CLIP)."""
     self_cond: Flag = False
     """Self-conditioning: one extra token holding the previous x0 estimate."""
-    depth: PositiveInt
+    depth: Layers
     """Number of transformer layers."""
     dim_head: PositiveInt = 64
     """Width of one attention head."""
@@ -103,9 +105,9 @@ class DiffusionPriorConfig(StrictModel):
     """Accepted for compatibility; unused."""
     image_channels: PositiveInt = 3
     """Image channels (used by CoCa adapters)."""
-    timesteps: PositiveInt = 1000
+    timesteps: Steps = 1000
     """Training diffusion steps."""
-    sample_timesteps: PositiveInt | None = None
+    sample_timesteps: Steps | None = None
     """Sampling steps; fewer than `timesteps` switches sampling to DDIM. None: `timesteps`."""
     cond_drop_prob: Probability = 0.0
     """Default for both `text_cond_drop_prob` and `image_cond_drop_prob`."""
@@ -203,7 +205,7 @@ class DiffusionPriorTrainConfig(StrictModel):
     """Cosine learning-rate decay over this many steps; None: constant lr."""
     save_every_seconds: PositiveInt = 3600
     """Save the latest checkpoint this often (wall-clock seconds)."""
-    eval_timesteps: list[PositiveInt] = Field(default_factory=lambda: [64])
+    eval_timesteps: list[Steps] = Field(default_factory=lambda: [64])
     """Sampling step counts used for the cosine-similarity metrics."""
     best_validation_loss: FiniteFloat = 1e9
     """Best validation loss so far (restored on resume)."""

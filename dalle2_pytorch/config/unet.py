@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .base import Flag, Layout, NonNegativeInt, PositiveInt, StrictModel, constructor_kwargs
+from .base import Flag, Int, Layout, PositiveInt, StrictModel, constructor_kwargs
 
 __all__ = ["UnetConfig"]
+
+# resnet blocks per stage: 0 (the stage only downsamples) to 256 (each one a module built in Python)
+_Blocks = Annotated[Int, Field(ge=0, le=256)]
 
 # per-stage options: a scalar, or one value per entry of dim_mults
 _PER_STAGE = ("self_attn", "resnet_groups", "num_resnet_blocks")
@@ -77,7 +80,7 @@ class UnetConfig(StrictModel):
     """GroupNorm groups; an int or one per stage."""
     resnet_weight_standardization: Flag = False
     """Weight-standardised convolutions in the resnet blocks."""
-    num_resnet_blocks: NonNegativeInt | tuple[NonNegativeInt, ...] = 2
+    num_resnet_blocks: _Blocks | tuple[_Blocks, ...] = 2
     """Resnet blocks per stage; an int or one per stage (0: the stage only downsamples)."""
     init_cross_embed: Flag = True
     """Initial conv is a multi-scale cross-embed layer."""

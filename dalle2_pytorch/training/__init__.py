@@ -1,10 +1,13 @@
 """Trainers, optimiser and LR schedule, EMA, crash-safe checkpoints and trackers."""
 
 from dalle2_pytorch.training.checkpoint import (
+    CheckpointWriteError,
     CorruptCheckpointError,
+    Storage,
     find_latest_valid_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    use_storage,
     verify_checkpoint,
 )
 from dalle2_pytorch.training.decoder_trainer import DecoderTrainer
@@ -21,6 +24,7 @@ from dalle2_pytorch.training.trackers import (
 )
 
 __all__ = [
+    "CheckpointWriteError",
     "ConsoleLogger",
     "CorruptCheckpointError",
     "DecoderTrainer",
@@ -37,5 +41,7 @@ __all__ = [
     "make_image_grid",
     "progress",
     "save_checkpoint",
+    "Storage",
+    "use_storage",
     "verify_checkpoint",
 ]
