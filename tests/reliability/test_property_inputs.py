@@ -103,7 +103,7 @@ def _get(node: Any, path: tuple) -> Any:
 def _wrong_type(value: Any) -> list[Any]:
     """Replacements of another JSON type that a typed field must refuse."""
     if isinstance(value, bool):
-        return ["true", "false", 2, 0.5, [value]]
+        return ["true", "false", 2, 0.5]  # (not [value]: many flags take one value per unet)
     if isinstance(value, int):
         return [str(value), True, False, value + 0.5, {"value": value}]
     if isinstance(value, float):
