@@ -13,6 +13,11 @@ Interpolations, text diffs, inpainting, negative prompts and replays from sideca
 A model folder holds `dalle2.json` (`{"prior": "prior", "decoder": "decoder", "clip": {...}}`, paths
 relative to the folder) or the subfolders `prior/`, `decoder/` (our safetensors exports) and `clip/` (a
 saved x-clip model). `--prior` / `--decoder` also take reference or LAION checkpoint files.
+
+Every failure is one line on stderr (`dream: error: ...`) and a non-zero exit status: 2 for bad
+arguments or files (empty prompt, negative guidance scale, unknown or unavailable device, `--output`
+naming a file, damaged or tampered checkpoint), 3 when generation fails (e.g. the model produces
+NaN: no image is written from non-finite values). `--verbose` also prints the traceback.
 """
 
 from __future__ import annotations
@@ -21,21 +26,63 @@ import argparse
 import importlib
 import json
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-__all__ = ["dream", "load_models", "main"]
+from dalle2_pytorch.cli_outputs import GenerationError  # noqa: F401  (exit status 3; re-exported)
+from dalle2_pytorch.command_line import ArgumentParser, UserError, check_device, run_command
+
+__all__ = ["dream", "load_models", "main", "validate_args"]
 
 logger = logging.getLogger("dalle2_pytorch.dream")
 
 MODEL_INDEX = "dalle2.json"
 
 
-class DreamError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
+class DreamError(UserError):
+    """A user-facing error: printed as one line without a traceback, exit status 2."""
+
+
+
+MAX_NUM_IMAGES = 10_000  # per prompt: a larger count is a typo, not a request (it would run for days)
+MAX_PRIOR_CANDIDATES = 1024  # prior samples per image, all in one batch
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Checks every argument before any model is loaded or file written.
+
+    Raises:
+        DreamError: naming the first bad argument.
+    """
+    if args.num_images < 1 or args.batch_size < 1:
+        raise DreamError("--num-images and --batch-size must be >= 1")
+    if args.num_images > MAX_NUM_IMAGES:
+        raise DreamError(f"--num-images {args.num_images} is more than {MAX_NUM_IMAGES} images per prompt")
+    for name in ("steps", "prior_steps", "decoder_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise DreamError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not 1 <= args.prior_candidates <= MAX_PRIOR_CANDIDATES:
+        raise DreamError(f"--prior-candidates must be between 1 and {MAX_PRIOR_CANDIDATES}, got {args.prior_candidates}")
+    for flag, value in (("--cond-scale", args.cond_scale), ("--prior-cond-scale", args.prior_cond_scale)):
+        if not math.isfinite(value) or value < 0:
+            raise DreamError(f"{flag} must be a finite number >= 0 (1: no guidance), got {value}")
+    if not 0 <= args.seed < 2**64:
+        raise DreamError(f"--seed must be between 0 and 2**64 - 1, got {args.seed}")
+    check_device(args.device)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise DreamError(f"--output {out} is an existing file; give a folder (created if missing) for the images")
+    for path in args.image or ():
+        if not Path(path).is_file():
+            raise DreamError(f"--image {path}: file not found")
+    _check_sampler(args.sampler)
+    _check_sampler(args.prior_sampler)
 
 
 def _parse_clip_spec(spec: str | dict | None, base: Path | None) -> dict | None:
@@ -120,30 +167,37 @@ def _load_pretrained(name: str, clip: str | dict | None, device: str):
 
 
 def _read_prompts(args) -> list[str]:
+    """The prompts of the arguments and `--prompts-file`; empty or blank prompts are errors."""
     prompts = list(args.prompts)
+    for i, prompt in enumerate(prompts, 1):
+        if not prompt.strip():
+            raise DreamError(f"prompt {i} is empty; give some text (or use --image for image variations)")
     if args.prompts_file:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise DreamError(f"prompts file not found: {path}")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DreamError(f"could not read prompts file {path}: {e}") from e
         if path.suffix == ".json":
-            prompts += [str(p) for p in json.loads(text)]
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DreamError(f"prompts file {path} is not valid JSON: {e}") from e
+            if not isinstance(items, list) or not all(isinstance(p, str) and p.strip() for p in items):
+                raise DreamError(f"prompts file {path} must hold a JSON list of non-empty strings")
+            prompts += items
         else:
             prompts += [line.strip() for line in text.splitlines() if line.strip()]
-    return prompts
+    return prompts  # whether the mode needs prompts is checked by cli_modes.check_arguments
 
 
 def generate(args) -> list[Path]:
     """Runs `dream` with parsed arguments; returns the written files."""
     from dalle2_pytorch import cli_modes
 
-    if args.num_images < 1 or args.batch_size < 1:
-        raise DreamError("--num-images and --batch-size must be >= 1")
-    for flag, value in (("--steps", args.steps), ("--prior-steps", args.prior_steps), ("--decoder-steps", args.decoder_steps)):
-        if value is not None and value < 1:
-            raise DreamError(f"{flag} must be >= 1, got {value}")
-    _check_sampler(args.sampler)
-    _check_sampler(args.prior_sampler)
+    validate_args(args)
     prompts = _read_prompts(args)
     mode = cli_modes.check_arguments(args, prompts)
     if mode == "replay":
@@ -173,7 +227,7 @@ def _check_sampler(name: str | None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dream", description="Generate images from text prompts with a trained DALL-E 2.")
+    p = ArgumentParser(prog="dream", description="Generate images from text prompts with a trained DALL-E 2.")
     p.add_argument("prompts", nargs="*", help="text prompts")
     p.add_argument("--prompts-file", help="a .txt file (one prompt per line) or a .json list")
     p.add_argument("--model-dir", help="a demo/training output folder (dalle2.json or prior/ + decoder/ + clip/)")
@@ -183,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-config", help="config for a decoder file that carries none")
     p.add_argument("--clip", help="CLIP: a saved x-clip folder, AdapterConfig JSON file, or inline JSON")
     p.add_argument("--image", nargs="+", help="image variations: embed these images with CLIP instead of the prior")
-    p.add_argument("--output", "-o", default="dream_output", help="output folder (created)")
+    p.add_argument("--output", "-o", default="dream_output", help="output folder (created; must not be a file)")
     p.add_argument("--num-images", "-n", type=int, default=1, help="images per prompt")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps for prior and decoder (default: the models')")
@@ -202,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="show progress bars (default: when stderr is a terminal)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.add_argument("--verbose", "-v", action="store_true")
+    p.add_argument("--verbose", "-v", action="store_true", help="log progress; print the traceback of an error")
     p.add_argument("--serve", action="store_true",
                    help="serve the web page (gradio, the [web] extra) instead of writing images; prints its address, "
                    "the flags above set the page's defaults")
@@ -215,17 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `dream`; returns the exit status (every error is one line on stderr, see
+    :mod:`dalle2_pytorch.command_line`)."""
+    return run_command("dream", _main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     args.prior_steps = args.prior_steps if args.prior_steps is not None else args.steps
     args.decoder_steps = args.decoder_steps if args.decoder_steps is not None else args.steps
-    try:
-        if args.serve:  # the page is an application above cli: imported by name, only when asked for
-            return importlib.import_module("dalle2_pytorch.app.server").serve_from_args(args)
-        generate(args)
-    except (DreamError, ValueError) as e:
-        print(f"dream: error: {e}", file=sys.stderr)
-        return 2
+    if args.serve:  # the page is an application above cli: imported by name, only when asked for
+        return importlib.import_module("dalle2_pytorch.app.server").serve_from_args(args)
+    generate(args)  # validates the arguments first
     return 0
 
 

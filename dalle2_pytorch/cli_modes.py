@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 
 from dalle2_pytorch.cli_outputs import (
+    check_finite_images,
     IMAGE_SUFFIXES,
     ModeError,
     describe,
@@ -358,7 +359,7 @@ def run(args, mode: str, prompts: list[str], prior, decoder) -> list[Path]:
     written: list[Path] = []
     grid_rows = []
     for render in renders:
-        images = _render(chain, render.spec, settings, args.progress)
+        images = check_finite_images(_render(chain, render.spec, settings, args.progress), render.spec.get("mode", "the images"))
         for path in _write(out, render, images, mode, settings, models, args.gif, effective):
             print(path)
             written.append(path)
@@ -383,7 +384,7 @@ def replay(args, load_models: Callable[..., tuple]) -> list[Path]:
         models = {k: None for k in _MODELS} | given
     prior, decoder, _ = load_models(**models, device=args.device)
     settings = {k: record["settings"].get(k) for k in _SETTINGS}
-    images = _render(_chain(prior, decoder, settings), record["render"], settings, args.progress)
+    images = check_finite_images(_render(_chain(prior, decoder, settings), record["render"], settings, args.progress), args.replay)
     row = int(record["row"])
     if not 0 <= row < images.shape[0]:
         raise ModeError(f"{args.replay}: row {row} is outside the {images.shape[0]} images of its render")

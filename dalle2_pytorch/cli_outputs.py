@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import torch
 
+from dalle2_pytorch.command_line import EXIT_FAILED, UserError
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "SIDECAR_FORMAT",
@@ -39,8 +41,24 @@ SIDECAR_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-class ModeError(ValueError):
+class ModeError(UserError, ValueError):
     """A user-facing `dream` error (one line on stderr, exit status 2)."""
+
+
+class GenerationError(ModeError):
+    """Generation produced unusable output (non-finite values): nothing is written; exit status 3."""
+
+    exit_status = EXIT_FAILED
+
+
+def check_finite_images(images: torch.Tensor, what: str) -> torch.Tensor:
+    """`images`, or GenerationError when any value is NaN/inf (no image is ever written from them)."""
+    if not bool(torch.isfinite(images).all()):
+        raise GenerationError(
+            f"the models produced non-finite values (NaN/inf) for {what}: no image was written "
+            "(the weights or the guidance scale are unusable)"
+        )
+    return images
 
 
 def slug(text: str, max_len: int = 48) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -125,12 +126,20 @@ def _check_file(path: Path) -> None:
     if head[:2] == b"PK":
         try:
             with zipfile.ZipFile(path) as zf:  # reads the central directory only (cheap on large files)
-                if not zf.namelist():
-                    raise NotACheckpointError(f"checkpoint archive {path} is empty")
+                names = zf.namelist()
         except zipfile.BadZipFile as e:
             raise NotACheckpointError(
                 f"checkpoint file {path} is truncated or corrupt ({size} bytes): {e}"
             ) from e
+        if not names:
+            raise NotACheckpointError(f"checkpoint archive {path} is empty")
+        # torch.save archives: every record inside one top-level folder that holds data.pkl
+        top = {name.split("/", 1)[0] for name in names}
+        if len(top) != 1 or not any(name.count("/") == 1 and name.endswith("/data.pkl") for name in names):
+            raise NotACheckpointError(
+                f"{path} is a zip archive but not a torch checkpoint (no <archive>/data.pkl record; "
+                f"it holds {', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''})"
+            )
     elif head[:1] != b"\x80":
         raise NotACheckpointError(
             f"{path} is not a torch checkpoint (it is neither a torch zip archive nor a pickle; "
@@ -166,4 +175,13 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
             ) from e
         raise NotACheckpointError(f"could not unpickle {path}: {e}") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, TypeError, ValueError, AttributeError) as e:
-        raise NotACheckpointError(f"could not read checkpoint {path}: {e}") from e
+        raise NotACheckpointError(f"could not read checkpoint {path}: {_readable(e)}") from e
+
+
+def _readable(error: BaseException) -> str:
+    """The first line of a torch reader error, without its C++ source location
+    (`[enforce fail at inline_container.cc:180] .`) or its "could this message be improved" note."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", text)
+    text = text.split("(Could this error message be improved?")[0].strip()
+    return text or type(error).__name__

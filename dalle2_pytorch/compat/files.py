@@ -10,6 +10,10 @@ Supported sources:
 * our trainer checkpoint folders (`model.safetensors`, `ema.safetensors`, `trainer_state.json`).
 
 Every `.pt`/`.pth` file is opened with :func:`dalle2_pytorch.serialization.safe_torch_load`.
+Before anything is read, our folders are checked against their `manifest.json` (sizes and sha256:
+a folder of ours without one is an unfinished write and is refused) and a `.pth` against a
+`<file>.sha256` beside it when there is one; every floating tensor read must be finite. Each
+failure is a :class:`~dalle2_pytorch.serialization.CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import torch
 
+from dalle2_pytorch.integrity import MANIFEST, CorruptCheckpointError, check_finite, sha256_file, verify_manifest
 from dalle2_pytorch.serialization import NotACheckpointError, safe_torch_load
 
 __all__ = ["LoadedWeights", "read_weights", "resolve_config_source"]
@@ -50,11 +55,47 @@ def _ema_from_wrapper(ema_state: dict) -> dict | None:
     return None
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise NotACheckpointError(f"could not read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise NotACheckpointError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _verify_folder(path: Path) -> None:
+    """Our export / trainer-checkpoint folders must match their manifest."""
+    if (path / MANIFEST).exists():
+        verify_manifest(path)
+        return
+    ours = (path / "trainer_state.json").exists() or (
+        (path / "config.json").exists() and _read_json(path / "config.json").get("format") == "dalle2_pytorch"
+    )
+    if ours:
+        raise CorruptCheckpointError(
+            f"{path}: no {MANIFEST}, so its files cannot be checked (an unfinished write, or files copied "
+            "without it); export or copy the folder again"
+        )
+
+
+def _verify_sidecar(path: Path) -> None:
+    """A `<file>.sha256` beside a file (written with our reference-layout exports) must match it."""
+    sidecar = path.with_name(path.name + ".sha256")
+    if not sidecar.is_file():
+        return
+    expected = sidecar.read_text(encoding="utf-8").split()[:1]
+    if not expected or sha256_file(path) != expected[0].lower():
+        raise CorruptCheckpointError(f"{path} does not match its sha256 in {sidecar.name} (modified or damaged)")
+
+
 def _read_folder(path: Path, prefer_ema: bool) -> LoadedWeights:
     from safetensors.torch import load_file
 
+    _verify_folder(path)
     cfg_path = path / "config.json"
-    meta = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    meta = _read_json(cfg_path) if cfg_path.exists() else {}
     state_path = path / "trainer_state.json"
     if (path / "ema.safetensors").exists() and prefer_ema:
         weights, kind = path / "ema.safetensors", "trainer-checkpoint"
@@ -65,7 +106,7 @@ def _read_folder(path: Path, prefer_ema: bool) -> LoadedWeights:
     config = meta.get("config")
     version = meta.get("version")
     if state_path.exists() and config is None:
-        trainer_state = json.loads(state_path.read_text())
+        trainer_state = _read_json(state_path)
         config = trainer_state.get("model_config") or trainer_state.get("config")
         version = version or trainer_state.get("version")
     try:
@@ -94,14 +135,27 @@ def _ema_weights_from_trainer_file(state: dict, source: str) -> dict:
 
 
 def read_weights(path: str | os.PathLike, *, prefer_ema: bool = True, map_location: Any = "cpu") -> LoadedWeights:
-    """Reads any supported checkpoint file or folder into a :class:`LoadedWeights`."""
-    path = Path(path)
+    """Reads any supported checkpoint file or folder into a :class:`LoadedWeights`.
+
+    Raises:
+        CorruptCheckpointError: the files do not match their manifest / `.sha256`.
+        NonFiniteTensorError: a weight holds NaN or inf.
+        NotACheckpointError, UnsafeCheckpointError: see `safe_torch_load`.
+    """
+    loaded = _read_weights(Path(path), prefer_ema, map_location)
+    check_finite(loaded.state_dict, loaded.source)
+    return loaded
+
+
+def _read_weights(path: Path, prefer_ema: bool, map_location: Any) -> LoadedWeights:
     if path.is_dir():
         return _read_folder(path, prefer_ema)
     if path.suffix == ".safetensors":
         return _read_folder(path.parent, prefer_ema) if (path.parent / "config.json").exists() else LoadedWeights(
             _load_safetensors(path), str(path), "state-dict"
         )
+    if path.is_file():
+        _verify_sidecar(path)
     obj = safe_torch_load(path, map_location=map_location)
     if not isinstance(obj, dict):
         raise NotACheckpointError(f"{path} does not hold a dict of weights (found {type(obj).__name__})")

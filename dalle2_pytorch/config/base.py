@@ -8,7 +8,16 @@ Every config inherits :class:`StrictModel`:
   they are accepted with a :class:`LegacyConfigKeyWarning` and ignored;
 * keys that the reference (or LAION's configs) spelled differently are listed in
   ``_renamed_keys``: their value moves to the current key, with a warning;
-* defaults are validated too (``validate_default=True``), so a bad default cannot hide.
+* defaults are validated too (``validate_default=True``), so a bad default cannot hide;
+* numbers and flags are strict where a coercion would hide a mistake: an integer field refuses
+  ``"8"``, ``true`` and ``2.5`` (whole numbers written as floats, ``5e8``, are fine); a float field
+  refuses strings, booleans, NaN and ±inf (integers are fine); a flag (:data:`Flag`) takes ``true`` / ``false`` (and the reference configs' ``0`` / ``1``)
+  but refuses ``"false"`` or ``2``. The reference (lax pydantic) accepted ``"batch_size": "8"`` as 8
+  and ``"epochs": true`` as 1.
+
+:class:`TrainingConfig` is the base of the two training-script configs (`from_json_path`,
+`validate_paths`). JSON files are read with :func:`load_json`, which also refuses duplicate keys
+(JSON itself keeps the last one silently).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from dalle2_pytorch._helpers import LegacyConfigKeyWarning  # defined low so models can warn with it too
@@ -29,6 +38,13 @@ from dalle2_pytorch._helpers import LegacyConfigKeyWarning  # defined low so mod
 __all__ = [
     "LegacyConfigKeyWarning",
     "StrictModel",
+    "TrainingConfig",
+    "Flag",
+    "FiniteFloat",
+    "Int",
+    "Layers",
+    "Seed",
+    "Steps",
     "PositiveInt",
     "NonNegativeInt",
     "PositiveFloat",
@@ -44,11 +60,41 @@ __all__ = [
     "load_json",
 ]
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-Probability = Annotated[float, Field(ge=0, le=1)]
+def _flag(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if type(value) is int and value in (0, 1):  # the reference's configs write some flags as 0 / 1
+        return bool(value)
+    raise PydanticCustomError("bool_type", "Input should be true or false, got {value}", {"value": repr(value)})
+
+
+def _integer(value: Any) -> Any:
+    if isinstance(value, (bool, str)):  # lax pydantic reads "8" as 8 and true as 1
+        raise PydanticCustomError("int_type", "Input should be a valid integer, got {value}", {"value": repr(value)})
+    return value  # 8.0 / 5e8 pass (whole numbers, as the reference's `25e7` default); 2.5 is refused
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise PydanticCustomError("float_type", "Input should be a valid number, got {value}", {"value": repr(value)})
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integer)]
+PositiveInt = Annotated[int, BeforeValidator(_integer), Field(gt=0)]
+NonNegativeInt = Annotated[int, BeforeValidator(_integer), Field(ge=0)]
+FiniteFloat = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, BeforeValidator(_number), Field(ge=0, allow_inf_nan=False)]
+Probability = Annotated[float, BeforeValidator(_number), Field(ge=0, le=1, allow_inf_nan=False)]
+#: diffusion steps (schedules are computed eagerly, one entry per step): at most a million
+Steps = Annotated[int, BeforeValidator(_integer), Field(gt=0, le=1_000_000)]
+#: a count of stacked layers / blocks (each one a module built in Python): at most 1024
+Layers = Annotated[int, BeforeValidator(_integer), Field(gt=0, le=1024)]
+#: a random seed: the scripts add the process index and fixed offsets, and NumPy takes < 2**32
+Seed = Annotated[int, BeforeValidator(_integer), Field(ge=0, lt=2**31)]
+#: a boolean option: true / false (0 / 1 accepted); strings and other numbers are errors
+Flag = Annotated[bool, BeforeValidator(_flag)]
 Layout = Literal["1.15.6", "1.1.0"]
 LossType = Literal["l1", "l2", "huber"]
 BetaSchedule = Literal["cosine", "linear", "quadratic", "jsd", "sigmoid"]
@@ -187,20 +233,78 @@ def check_paths_exist(items: Iterable[tuple[str, str | None]]) -> None:
 
     Non-local values (URLs, `pipe:` commands, `{}` shard templates, None) are skipped.
     """
-    missing = [
-        f"{field} = {path!r}" for field, path in items if is_local_path(path) and not Path(path).exists()
-    ]
+    missing = [f"{field} = {_short(path)!r}" for field, path in items if is_local_path(path) and not _exists(path)]
     if missing:
         raise FileNotFoundError("these config paths do not exist: " + "; ".join(missing))
 
 
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long, a NUL byte: not an existing path either
+        return False
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def load_json(path: str | Path) -> dict:
-    """Reads a JSON object from `path`, naming the file in any parse error."""
+    """Reads a JSON object from `path`, naming the file in any parse error (duplicate keys too)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON ({err})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason})") from err
+    except _DuplicateKey as err:
+        raise ValueError(f"{path}: key {err.args[0]!r} appears twice in the same object (JSON keeps only the last)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     return data
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class TrainingConfig(StrictModel):
+    """Base of the training-script configs: reading from JSON and checking local paths.
+
+    Subclasses list their local data paths in ``_data_path_fields`` (dotted attribute names); the
+    tracker's paths (`tracker.local_path_fields()`) are checked too.
+    """
+
+    _data_path_fields: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_json_path(cls, json_path: str | Path) -> Any:
+        """Reads and validates a JSON config file."""
+        return cls.model_validate(load_json(json_path))
+
+    def validate_paths(self) -> None:
+        """Checks that local data / checkpoint paths exist (URLs, `pipe:` and `{}` templates are skipped).
+
+        Raises:
+            FileNotFoundError: naming every missing path and its field.
+        """
+        items: list[tuple[str, str | None]] = []
+        for dotted in self._data_path_fields:
+            value: Any = self
+            for part in dotted.split("."):
+                value = getattr(value, part)
+            items.append((dotted, value))
+        tracker = getattr(self, "tracker", None)
+        if tracker is not None:
+            items += tracker.local_path_fields()
+        check_paths_exist(items)

@@ -9,13 +9,13 @@ value per unet.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .base import (
     BetaSchedule,
+    Flag,
     LossType,
     NonNegativeFloat,
     NonNegativeInt,
@@ -23,10 +23,11 @@ from .base import (
     PositiveInt,
     Probability,
     SamplerName,
+    Seed,
+    Steps,
     StrictModel,
-    check_paths_exist,
+    TrainingConfig,
     constructor_kwargs,
-    load_json,
     nearest_key,
 )
 from .clip import AdapterConfig
@@ -96,9 +97,9 @@ class DecoderConfig(StrictModel):
     """Output size of a single-unet decoder; exclusive with `image_sizes`."""
     channels: PositiveInt = 3
     """Image channels."""
-    timesteps: PositiveInt | tuple[PositiveInt, ...] = 1000
+    timesteps: Steps | tuple[Steps, ...] = 1000
     """Training diffusion steps (per unet allowed)."""
-    sample_timesteps: PositiveInt | tuple[PositiveInt | None, ...] | None = None
+    sample_timesteps: Steps | tuple[Steps | None, ...] | None = None
     """Sampling steps per unet; fewer than `timesteps` means DDIM. None: `timesteps`."""
     image_cond_drop_prob: Probability = 0.1
     """Probability of dropping the image embedding in training (classifier-free guidance)."""
@@ -108,21 +109,21 @@ class DecoderConfig(StrictModel):
     """'l1', 'l2' (MSE) or 'huber'."""
     beta_schedule: BetaSchedule | tuple[BetaSchedule, ...] | None = None
     """Noise schedule (per unet allowed). None: cosine, and linear for the last of several unets."""
-    predict_x_start: bool | tuple[bool, ...] = False
+    predict_x_start: Flag | tuple[Flag, ...] = False
     """Unet predicts x0 instead of the noise (per unet allowed)."""
-    predict_v: bool | tuple[bool, ...] = False
+    predict_v: Flag | tuple[Flag, ...] = False
     """Unet predicts v (per unet allowed)."""
-    predict_x_start_for_latent_diffusion: bool = False
+    predict_x_start_for_latent_diffusion: Flag = False
     """Predict x0 in latent (VQGAN) stages."""
     image_sizes: tuple[PositiveInt, ...] | None = None
     """Output size of each unet, increasing; exclusive with `image_size`."""
     random_crop_sizes: tuple[PositiveInt | None, ...] | None = None
     """Per-unet random crop size in training (must be null for unet 1)."""
-    use_noise_for_lowres_cond: bool = False
+    use_noise_for_lowres_cond: Flag = False
     """Noise augmentation of the low-res conditioning image (Imagen)."""
-    use_blur_for_lowres_cond: bool = True
+    use_blur_for_lowres_cond: Flag = True
     """Gaussian-blur augmentation of the low-res conditioning image."""
-    lowres_downsample_first: bool = True
+    lowres_downsample_first: Flag = True
     """Downsample to the previous unet's size before blurring and resizing back."""
     blur_prob: Probability = 0.5
     """Probability of blurring the low-res condition in training."""
@@ -132,23 +133,23 @@ class DecoderConfig(StrictModel):
     """Blur kernel size, or a (low, high) range to draw from."""
     lowres_noise_sample_level: Probability = 0.2
     """Noise level of the low-res condition at sampling time (noise augmentation)."""
-    clip_denoised: bool = True
+    clip_denoised: Flag = True
     """Clamp predicted x0 to [-1, 1] while sampling."""
-    clip_x_start: bool = True
+    clip_x_start: Flag = True
     """Accepted for compatibility."""
     clip_adapter_overrides: dict[str, Any] | None = None
     """Extra keyword arguments for x-clip / CoCa adapters."""
-    learned_variance: bool | tuple[bool, ...] = True
+    learned_variance: Flag | tuple[Flag, ...] = True
     """Learn the reverse-process variance (improved DDPM), per unet allowed."""
-    learned_variance_constrain_frac: bool = False
+    learned_variance_constrain_frac: Flag = False
     """Sigmoid on the variance interpolation fraction."""
     vb_loss_weight: NonNegativeFloat = 0.001
     """Weight of the variational-bound loss with learned variance."""
-    unconditional: bool = False
+    unconditional: Flag = False
     """No CLIP conditioning at all."""
-    auto_normalize_img: bool = True
+    auto_normalize_img: Flag = True
     """Inputs and outputs are in [0, 1] (mapped to [-1, 1] internally)."""
-    use_dynamic_thres: bool = False
+    use_dynamic_thres: Flag = False
     """Imagen dynamic thresholding of x0."""
     dynamic_thres_percentile: Probability = 0.95
     """Percentile used by dynamic thresholding."""
@@ -192,6 +193,17 @@ class DecoderConfig(StrictModel):
                 raise ValueError(f"decoder.{name} has {len(value)} entries for {num_unets} unets")
         if self.random_crop_sizes is not None and self.random_crop_sizes[0] is not None:
             raise ValueError("decoder.random_crop_sizes[0] must be null: the first unet is not cropped")
+        sizes = self.output_image_sizes
+        if sizes is not None:
+            if any(b <= a for a, b in zip(sizes, sizes[1:])):
+                raise ValueError(f"decoder.image_sizes must be strictly increasing, got {list(sizes)}")
+            for i, (size, unet) in enumerate(zip(sizes, self.unets)):
+                _check_divisible(f"decoder.image_sizes[{i}]" if self.image_sizes else "decoder.image_size", size, unet, i)
+        for i, (size, unet) in enumerate(zip(self.random_crop_sizes or (), self.unets)):
+            if size is not None:
+                _check_divisible(f"decoder.random_crop_sizes[{i}]", size, unet, i)
+                if sizes is not None and size > sizes[i]:
+                    raise ValueError(f"decoder.random_crop_sizes[{i}] = {size} is larger than unet {i + 1}'s image ({sizes[i]})")
         return self
 
     @property
@@ -229,6 +241,18 @@ class DecoderConfig(StrictModel):
             return Decoder(unet=unets, clip=clip, vae=vaes, **constructor_kwargs(self, {"unets", "clip", "vaes"}))
 
 
+def _check_divisible(name: str, size: int, unet: UnetConfig, index: int) -> None:
+    factor = unet.downsample_factor
+    if size % factor:
+        lower, upper = size - size % factor, size - size % factor + factor
+        hint = f"{lower} or {upper}" if lower > 0 else str(upper)
+        raise ValueError(
+            f"{name} = {size} is not a multiple of {factor}: unet {index + 1} halves the image "
+            f"{factor.bit_length() - 1} time(s) ({len(unet.dim_mults)} stages in dim_mults"
+            f"{', memory_efficient' if unet.memory_efficient else ''}); use e.g. {hint}"
+        )
+
+
 class DecoderDataConfig(StrictModel):
     """Webdataset shards of images (+ optional precomputed CLIP embeddings) for decoder training."""
 
@@ -254,11 +278,11 @@ class DecoderDataConfig(StrictModel):
     """Trailing digits of a sample key that index into its shard's embedding file."""
     splits: TrainSplitConfig
     """Train / val / test fractions of the shards."""
-    shuffle_train: bool = True
+    shuffle_train: Flag = True
     """Shuffle the training shards."""
-    resample_train: bool = False
+    resample_train: Flag = False
     """Sample training shards with replacement (infinite stream; set train.epoch_samples)."""
-    preprocessing: dict[str, bool | dict[str, Any]] = Field(default_factory=lambda: {"ToTensor": True})
+    preprocessing: dict[str, Flag | dict[str, Any]] = Field(default_factory=lambda: {"ToTensor": True})
     """Image transforms in order: name -> true or keyword arguments (torchvision names:
     RandomResizedCrop, RandomHorizontalFlip, Resize, CenterCrop, ToTensor); false skips one."""
 
@@ -310,9 +334,9 @@ class DecoderTrainConfig(StrictModel):
     """Linear learning-rate warmup steps (per unet allowed); None: none."""
     cosine_decay_max_steps: PositiveInt | tuple[PositiveInt | None, ...] | None = None
     """Cosine learning-rate decay over this many steps (per unet allowed); None: constant."""
-    find_unused_parameters: bool = True
+    find_unused_parameters: Flag = True
     """DDP find_unused_parameters."""
-    static_graph: bool = True
+    static_graph: Flag = True
     """DDP static_graph."""
     max_grad_norm: PositiveFloat | tuple[PositiveFloat, ...] | None = 0.5
     """Gradient-norm clipping (per unet allowed); None: none."""
@@ -320,17 +344,17 @@ class DecoderTrainConfig(StrictModel):
     """Save a checkpoint (and sample grid) every this many training samples."""
     n_sample_images: PositiveInt = 6
     """Images in each train / test sample grid."""
-    cond_scale: PositiveFloat | tuple[PositiveFloat, ...] = 1.0
-    """Classifier-free guidance scale for sample grids (per unet allowed)."""
+    cond_scale: NonNegativeFloat | tuple[NonNegativeFloat, ...] = 1.0
+    """Classifier-free guidance scale for sample grids (per unet allowed; >= 0, 1: no guidance)."""
     device: str = "cuda:0"
     """Kept for schema compatibility; the device comes from accelerate."""
     epoch_samples: PositiveInt | None = None
     """Training samples per epoch; None: the whole split (required with resample_train)."""
     validation_samples: PositiveInt | None = None
     """Validation samples per evaluation; None: the whole split."""
-    save_immediately: bool = False
+    save_immediately: Flag = False
     """Save a checkpoint before the first step."""
-    use_ema: bool = True
+    use_ema: Flag = True
     """Keep EMA copies of the unets (used for sampling and 'model' saves)."""
     ema_beta: Probability = 0.999
     """EMA decay."""
@@ -338,9 +362,9 @@ class DecoderTrainConfig(StrictModel):
     """Optimizer steps before the EMA starts tracking."""
     ema_update_every: PositiveInt = 10
     """Update the EMA every this many steps."""
-    amp: bool = False
+    amp: Flag = False
     """Mixed-precision training (bf16/fp16 autocast via accelerate)."""
-    unet_training_mask: tuple[bool, ...] | None = None
+    unet_training_mask: tuple[Flag, ...] | None = None
     """Which unets to train (one bool per unet); None: all."""
 
 
@@ -362,10 +386,11 @@ class DecoderEvaluateConfig(StrictModel):
     2021), of generated validation images against their captions under `decoder.clip`; None: skip."""
 
 
-class TrainDecoderConfig(StrictModel):
+class TrainDecoderConfig(TrainingConfig):
     """Full `train_decoder.py` config: `decoder`, `data`, `train`, `evaluate`, `tracker`, `seed`."""
 
     _legacy_keys = {"load": "pre-1.0 schema; checkpoint loading moved to tracker.load"}
+    _data_path_fields = ("data.webdataset_base_url", "data.img_embeddings_url", "data.text_embeddings_url")
 
     decoder: DecoderConfig
     """The model."""
@@ -377,8 +402,8 @@ class TrainDecoderConfig(StrictModel):
     """Evaluation metrics."""
     tracker: TrackerConfig
     """Logging / loading / saving."""
-    seed: int = 0
-    """Random seed."""
+    seed: Seed = 0
+    """Random seed (0 <= seed < 2**31)."""
 
     @model_validator(mode="after")
     def _check_has_embeddings(self) -> TrainDecoderConfig:
@@ -416,21 +441,3 @@ class TrainDecoderConfig(StrictModel):
         if self.data.resample_train and self.train.epoch_samples is None:
             raise ValueError("data.resample_train=true gives an endless stream: set train.epoch_samples")
         return self
-
-    @classmethod
-    def from_json_path(cls, json_path: str | Path) -> TrainDecoderConfig:
-        """Reads and validates a JSON config file."""
-        return cls.model_validate(load_json(json_path))
-
-    def validate_paths(self) -> None:
-        """Checks that local data / checkpoint paths exist (URLs and `{}` templates are skipped).
-
-        Raises:
-            FileNotFoundError: naming every missing path and its field.
-        """
-        items = [
-            ("data.webdataset_base_url", self.data.webdataset_base_url),
-            ("data.img_embeddings_url", self.data.img_embeddings_url),
-            ("data.text_embeddings_url", self.data.text_embeddings_url),
-        ]
-        check_paths_exist(items + self.tracker.local_path_fields())

@@ -7,25 +7,28 @@ of `DiffusionPriorNetwork` / `DiffusionPrior`, so the reference's JSON files (an
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
 
 from .base import (
     BetaSchedule,
+    FiniteFloat,
+    Flag,
     Layout,
     LossType,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Layers,
     Probability,
     SamplerName,
+    Seed,
+    Steps,
     StrictModel,
-    check_paths_exist,
+    TrainingConfig,
     constructor_kwargs,
-    load_json,
 )
 from .clip import AdapterConfig
 from .tracker import TrackerConfig, TrainSplitConfig
@@ -43,7 +46,7 @@ class DiffusionPriorNetworkConfig(StrictModel):
 
     dim: PositiveInt
     """Model width; equals the CLIP image-embedding dim and the text-encoding width."""
-    num_timesteps: PositiveInt | None = None
+    num_timesteps: Steps | None = None
     """None: continuous time embedding (MLP); int: learned embedding table of that size."""
     num_time_embeds: PositiveInt = 1
     """Tokens the time embedding is split into."""
@@ -53,9 +56,9 @@ class DiffusionPriorNetworkConfig(StrictModel):
     """Tokens the text embedding is split into."""
     max_text_len: PositiveInt = 256
     """Text encodings are truncated / padded to this many tokens (77 for OpenAI CLIP)."""
-    self_cond: bool = False
+    self_cond: Flag = False
     """Self-conditioning: one extra token holding the previous x0 estimate."""
-    depth: PositiveInt
+    depth: Layers
     """Number of transformer layers."""
     dim_head: PositiveInt = 64
     """Width of one attention head."""
@@ -63,21 +66,21 @@ class DiffusionPriorNetworkConfig(StrictModel):
     """Query heads (keys/values are one shared head)."""
     ff_mult: PositiveInt = 4
     """Feed-forward inner width multiplier (SwiGLU)."""
-    norm_in: bool = False
+    norm_in: Flag = False
     """LayerNorm on the input tokens."""
-    norm_out: bool = True
+    norm_out: Flag = True
     """Final (stable) LayerNorm."""
     attn_dropout: Probability = 0.0
     """Dropout on attention probabilities."""
     ff_dropout: Probability = 0.0
     """Dropout inside the feed-forward."""
-    final_proj: bool = True
+    final_proj: Flag = True
     """Final bias-free projection."""
-    normformer: bool = False
+    normformer: Flag = False
     """NormFormer LayerNorm after the feed-forward activation."""
-    rotary_emb: bool = True
+    rotary_emb: Flag = True
     """Rotary position embedding on queries and keys."""
-    linear_text_skip: bool = False
+    linear_text_skip: Flag = False
     """(Extension) add a learned linear map of the text embedding to the output (held-out text-image
     combinations generalise better; see `DiffusionPriorNetwork`)."""
     layout: Layout = "1.15.6"
@@ -103,9 +106,9 @@ class DiffusionPriorConfig(StrictModel):
     """Accepted for compatibility; unused."""
     image_channels: PositiveInt = 3
     """Image channels (used by CoCa adapters)."""
-    timesteps: PositiveInt = 1000
+    timesteps: Steps = 1000
     """Training diffusion steps."""
-    sample_timesteps: PositiveInt | None = None
+    sample_timesteps: Steps | None = None
     """Sampling steps; fewer than `timesteps` switches sampling to DDIM. None: `timesteps`."""
     cond_drop_prob: Probability = 0.0
     """Default for both `text_cond_drop_prob` and `image_cond_drop_prob`."""
@@ -115,21 +118,21 @@ class DiffusionPriorConfig(StrictModel):
     """Probability of dropping the image-embedding conditioning in training."""
     loss_type: LossType = "l2"
     """'l1', 'l2' (MSE) or 'huber'."""
-    predict_x_start: bool = True
+    predict_x_start: Flag = True
     """Network predicts the clean embedding x0 (unCLIP); False: predicts the noise."""
-    predict_v: bool = False
+    predict_v: Flag = False
     """Network predicts v (takes precedence over predict_x_start)."""
     beta_schedule: BetaSchedule = "cosine"
     """Noise schedule: cosine, linear, quadratic, jsd or sigmoid."""
-    condition_on_text_encodings: bool = True
+    condition_on_text_encodings: Flag = True
     """Also condition on per-token CLIP text encodings."""
-    sampling_clamp_l2norm: bool = False
+    sampling_clamp_l2norm: Flag = False
     """(x0 objective) l2-normalise and rescale x0 at every sampling step."""
-    sampling_final_clamp_l2norm: bool = False
+    sampling_final_clamp_l2norm: Flag = False
     """(x0 objective) l2-normalise and rescale the final sample."""
-    training_clamp_l2norm: bool = False
+    training_clamp_l2norm: Flag = False
     """(x0 objective) l2-normalise and rescale the prediction before the loss."""
-    init_image_embed_l2norm: bool = False
+    init_image_embed_l2norm: Flag = False
     """Start sampling from l2-normalised, rescaled noise."""
     image_embed_scale: PositiveFloat | None = None
     """Scale of the unit-norm CLIP embeddings in diffusion space; None: sqrt(image_embed_dim)."""
@@ -190,7 +193,7 @@ class DiffusionPriorTrainConfig(StrictModel):
     """AdamW weight decay (0: Adam)."""
     max_grad_norm: PositiveFloat | None = 0.5
     """Gradient-norm clipping; None: no clipping."""
-    use_ema: bool = True
+    use_ema: Flag = True
     """Keep an EMA copy of the prior (used for validation, sampling and 'model' saves)."""
     ema_beta: Probability = 0.99
     """EMA decay."""
@@ -198,7 +201,7 @@ class DiffusionPriorTrainConfig(StrictModel):
     """Optimizer steps before the EMA starts tracking."""
     ema_update_every: PositiveInt = 10
     """Update the EMA every this many steps."""
-    amp: bool = False
+    amp: Flag = False
     """Mixed-precision training (bf16/fp16 autocast via accelerate)."""
     warmup_steps: NonNegativeInt | None = None
     """Linear learning-rate warmup steps; None: no warmup."""
@@ -206,16 +209,16 @@ class DiffusionPriorTrainConfig(StrictModel):
     """Cosine learning-rate decay over this many steps; None: constant lr."""
     save_every_seconds: PositiveInt = 3600
     """Save the latest checkpoint this often (wall-clock seconds)."""
-    eval_timesteps: list[PositiveInt] = Field(default_factory=lambda: [64])
+    eval_timesteps: list[Steps] = Field(default_factory=lambda: [64])
     """Sampling step counts used for the cosine-similarity metrics."""
-    best_validation_loss: float = 1e9
+    best_validation_loss: FiniteFloat = 1e9
     """Best validation loss so far (restored on resume)."""
     current_epoch: NonNegativeInt = 0
     """Epoch to start at (restored on resume)."""
     num_samples_seen: NonNegativeInt = 0
     """Training samples seen so far (restored on resume)."""
-    random_seed: int = 0
-    """Seed for model initialisation and data order."""
+    random_seed: Seed = 0
+    """Seed for model initialisation and data order (0 <= seed < 2**31)."""
 
 
 class DiffusionPriorDataConfig(StrictModel):
@@ -243,10 +246,11 @@ class DiffusionPriorDataConfig(StrictModel):
         return self
 
 
-class TrainDiffusionPriorConfig(StrictModel):
+class TrainDiffusionPriorConfig(TrainingConfig):
     """Full `train_prior.py` config: `prior`, `data`, `train`, `tracker`."""
 
     _legacy_keys = {"load": "pre-1.0 schema; checkpoint loading moved to tracker.load"}
+    _data_path_fields = ("data.image_url", "data.meta_url", "data.text_url")
 
     prior: DiffusionPriorConfig
     """The model."""
@@ -269,21 +273,3 @@ class TrainDiffusionPriorConfig(StrictModel):
                 "prior.condition_on_text_encodings=true needs captions: set data.meta_url"
             )
         return self
-
-    @classmethod
-    def from_json_path(cls, json_path: str | Path) -> TrainDiffusionPriorConfig:
-        """Reads and validates a JSON config file."""
-        return cls.model_validate(load_json(json_path))
-
-    def validate_paths(self) -> None:
-        """Checks that local data / checkpoint paths exist (URLs and templates are skipped).
-
-        Raises:
-            FileNotFoundError: naming every missing path and its field.
-        """
-        items = [
-            ("data.image_url", self.data.image_url),
-            ("data.meta_url", self.data.meta_url),
-            ("data.text_url", self.data.text_url),
-        ]
-        check_paths_exist(items + self.tracker.local_path_fields())

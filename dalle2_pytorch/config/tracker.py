@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
-from .base import Probability, StrictModel
+from .base import Flag, Probability, StrictModel
 
 
 def _trackers(submodule: str | None = None) -> Any:
@@ -59,11 +59,11 @@ class TrackerLogConfig(StrictModel):
 
     log_type: Literal["console", "wandb"] = "console"
     """Logger: 'console' (print) or 'wandb'."""
-    resume: bool = False
+    resume: Flag = False
     """Resume the logger run given by `wandb_run_id` (wandb)."""
-    auto_resume: bool = False
+    auto_resume: Flag = False
     """Resume automatically from `<data_path>/auto_resume.json` after a crash or requeue."""
-    verbose: bool = False
+    verbose: Flag = False
     """Also print log lines when logging to wandb."""
     wandb_entity: str | None = None
     """wandb entity (user or team); None uses the default entity of the logged-in account."""
@@ -94,7 +94,7 @@ class TrackerLoadConfig(StrictModel):
 
     load_from: Literal["local", "url", "wandb"] | None = None
     """Source of the checkpoint: 'local' (file_path), 'url' (url), 'wandb' (wandb_file_path); None: don't load."""
-    only_auto_resume: bool = False
+    only_auto_resume: Flag = False
     """Load only when the run is being auto-resumed (see TrackerLogConfig.auto_resume)."""
     file_path: str | None = None
     """Local checkpoint file (load_from='local')."""
@@ -124,11 +124,11 @@ class TrackerSaveConfig(StrictModel):
 
     save_to: Literal["local", "wandb", "huggingface"] = "local"
     """Target: 'local' (copy under the path), 'wandb' (run files) or 'huggingface' (Hub repo)."""
-    save_all: bool = False
+    save_all: Flag = False
     """Kept for schema compatibility (the reference never read it)."""
-    save_latest: bool = True
+    save_latest: Flag = True
     """Kept for schema compatibility; saving the latest file is controlled by `save_latest_to`."""
-    save_best: bool = True
+    save_best: Flag = True
     """Kept for schema compatibility; saving the best file is controlled by `save_best_to`."""
     save_latest_to: str | Literal[False] | None = None
     """Where the latest file is written; None/false: don't save the latest."""
@@ -169,7 +169,7 @@ class TrackerConfig(StrictModel):
 
     data_path: str = ".tracker_data"
     """Local folder for checkpoints, downloads and auto-resume state."""
-    overwrite_data_path: bool = False
+    overwrite_data_path: Flag = False
     """Allow reusing an existing, non-empty `data_path`."""
     log: TrackerLogConfig
     """Logger settings."""

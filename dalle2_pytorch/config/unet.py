@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dalle2_pytorch.decoder.unet import LEGACY_UNET_KWARGS
 
-from .base import Layout, NonNegativeInt, PositiveInt, StrictModel, constructor_kwargs
+from .base import Flag, Int, Layout, PositiveInt, StrictModel, constructor_kwargs
 
 __all__ = ["UnetConfig"]
+
+# resnet blocks per stage: 0 (the stage only downsamples) to 256 (each one a module built in Python)
+_Blocks = Annotated[Int, Field(ge=0, le=256)]
 
 # per-stage options: a scalar, or one value per entry of dim_mults
 _PER_STAGE = ("self_attn", "resnet_groups", "num_resnet_blocks")
@@ -41,33 +44,33 @@ class UnetConfig(StrictModel):
     """Image channels."""
     channels_out: PositiveInt | None = None
     """Output channels; None: `channels` (the Decoder doubles it for learned variance)."""
-    self_attn: bool | tuple[bool, ...] = False
+    self_attn: Flag | tuple[Flag, ...] = False
     """Full self-attention after each stage; a bool or one per stage (0/1 accepted)."""
     attn_dim_head: PositiveInt = 32
     """Head width of self-attention and linear attention."""
     attn_heads: PositiveInt = 16
     """Heads of self-attention and linear attention."""
-    lowres_cond: bool = False
+    lowres_cond: Flag = False
     """Condition on a low-resolution image (set by the Decoder for unets after the first)."""
-    lowres_noise_cond: bool = False
+    lowres_noise_cond: Flag = False
     """Condition on the low-res augmentation noise level (Imagen)."""
-    self_cond: bool = False
+    self_cond: Flag = False
     """Self-conditioning on the previous x0 estimate (extra input channels)."""
-    sparse_attn: bool = False
+    sparse_attn: Flag = False
     """Linear attention on stages without full self-attention."""
-    cosine_sim_cross_attn: bool = False
+    cosine_sim_cross_attn: Flag = False
     """Cosine-similarity cross-attention."""
-    cosine_sim_self_attn: bool = False
+    cosine_sim_self_attn: Flag = False
     """Cosine-similarity self-attention."""
-    attend_at_middle: bool = True
+    attend_at_middle: Flag = True
     """Accepted for compatibility; the middle attention is always built."""
-    cond_on_text_encodings: bool = False
+    cond_on_text_encodings: Flag = False
     """Cross-attend to text encodings in the middle blocks (null is read as false)."""
     max_text_len: PositiveInt = 256
     """Text encodings are padded / truncated to this many tokens."""
-    cond_on_image_embeds: bool = False
+    cond_on_image_embeds: Flag = False
     """Image tokens join the cross-attention context (the Decoder sets it for unet 1)."""
-    add_image_embeds_to_time: bool = True
+    add_image_embeds_to_time: Flag = True
     """Add a projection of the image embedding to the time embedding."""
     init_dim: PositiveInt | None = None
     """Channels after the initial conv; None: `dim`."""
@@ -75,29 +78,29 @@ class UnetConfig(StrictModel):
     """Kernel of the initial conv (only when `init_cross_embed` is false)."""
     resnet_groups: PositiveInt | tuple[PositiveInt, ...] = 8
     """GroupNorm groups; an int or one per stage."""
-    resnet_weight_standardization: bool = False
+    resnet_weight_standardization: Flag = False
     """Weight-standardised convolutions in the resnet blocks."""
-    num_resnet_blocks: NonNegativeInt | tuple[NonNegativeInt, ...] = 2
+    num_resnet_blocks: _Blocks | tuple[_Blocks, ...] = 2
     """Resnet blocks per stage; an int or one per stage (0: the stage only downsamples)."""
-    init_cross_embed: bool = True
+    init_cross_embed: Flag = True
     """Initial conv is a multi-scale cross-embed layer."""
     init_cross_embed_kernel_sizes: tuple[PositiveInt, ...] = (3, 7, 15)
     """Kernel sizes of the initial cross-embed layer."""
-    cross_embed_downsample: bool = False
+    cross_embed_downsample: Flag = False
     """Downsample with cross-embed layers instead of pixel-unshuffle + 1x1 conv."""
     cross_embed_downsample_kernel_sizes: tuple[PositiveInt, ...] = (2, 4)
     """Kernel sizes of the cross-embed downsample."""
-    memory_efficient: bool = False
+    memory_efficient: Flag = False
     """Imagen efficient-UNet ordering (downsample before each stage's resnets)."""
-    scale_skip_connection: bool = False
+    scale_skip_connection: Flag = False
     """Scale skip connections by 2^-0.5."""
-    pixel_shuffle_upsample: bool = True
+    pixel_shuffle_upsample: Flag = True
     """Upsample with conv + pixel shuffle (False: nearest + 3x3 conv)."""
     final_conv_kernel_size: PositiveInt = 1
     """Kernel of the output conv."""
-    combine_upsample_fmaps: bool = False
+    combine_upsample_fmaps: Flag = False
     """Concatenate resized feature maps of every up stage before the final block."""
-    checkpoint_during_training: bool = False
+    checkpoint_during_training: Flag = False
     """Gradient checkpointing in training mode."""
     layout: Layout = "1.15.6"
     """(Extension) module/operation layout to build: '1.15.6' or '1.1.0' (LAION-era checkpoints)."""
@@ -122,6 +125,14 @@ class UnetConfig(StrictModel):
         if self.cond_on_text_encodings and self.text_embed_dim is None:
             raise ValueError("unet cond_on_text_encodings=true needs text_embed_dim")
         return self
+
+    @property
+    def downsample_factor(self) -> int:
+        """Image sides must be multiples of this: the Unet halves the image once between
+        consecutive stages, and once more per stage when `memory_efficient` (the same rule as
+        `Unet.downsample_factor`; tests check both against real forwards)."""
+        stages = len(self.dim_mults)
+        return 2 ** (stages if self.memory_efficient else stages - 1)
 
     def create(self) -> Any:
         """Builds `dalle2_pytorch.decoder.unet.Unet` from these fields."""

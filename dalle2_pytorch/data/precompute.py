@@ -25,7 +25,6 @@ JSON (inline `{...}` or a `.json` file: `make`, `model`, `pretrained`, `base_mod
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
@@ -275,8 +274,17 @@ def load_clip_from_spec(spec: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; prints the summary as JSON. Returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m dalle2_pytorch.data.precompute", description=__doc__.split("\n\n")[0])
+    """Command-line entry point; prints the summary as JSON. Returns the exit status; every error is
+    one line on stderr (`precompute: error: ...`; `--verbose` adds the traceback)."""
+    from dalle2_pytorch.command_line import run_command
+
+    return run_command("precompute", _main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
+    from dalle2_pytorch.command_line import ArgumentParser, UserError, check_device
+
+    parser = ArgumentParser(prog="python -m dalle2_pytorch.data.precompute", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", required=True, help="shard spec, e.g. 'data/{0000..0099}.tar'")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--clip", required=True, help="CLIP adapter spec (see the module docs)")
@@ -287,10 +295,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metadata-format", choices=("json", "parquet"), default="json")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="torch seed (matters only for random-weight CLIPs)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="print the traceback of an error")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.index_width is not None and args.index_width < 1:
+        raise UserError(f"--index-width must be >= 1, got {args.index_width}")
+    if not 0 <= args.seed < 2**64:
+        raise UserError(f"--seed must be between 0 and 2**64 - 1, got {args.seed}")
+    if args.device is not None:
+        check_device(args.device)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is an existing file; give a folder")
+    urls = expand_urls(args.shards)
+    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.isfile(u)]
+    if missing:
+        raise UserError(f"--shards: {len(missing)} of {len(urls)} shard file(s) not found (first: {missing[0]})")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
-    clip = load_clip_from_spec(args.clip)
+    try:
+        clip = load_clip_from_spec(args.clip)
+    except (ValueError, OSError, ImportError, RuntimeError, TypeError) as e:
+        raise UserError(f"could not build the CLIP adapter from --clip {args.clip!r}: {e}") from e
     summary = precompute_embeddings(
         args.shards, args.out, clip, batch_size=args.batch_size, device=args.device,
         index_width=args.index_width, overwrite=args.overwrite, dtype=args.dtype,

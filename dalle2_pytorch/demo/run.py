@@ -26,7 +26,6 @@ and so is everything after it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -437,19 +436,32 @@ def _without_paths(config: dict) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point (see the module docstring); returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m dalle2_pytorch.demo.run", description=__doc__.split("\n\n")[0])
+    """CLI entry point (see the module docstring); returns the exit status. Every error is one line
+    on stderr (``demo: error: ...``; ``--verbose`` adds the traceback), see
+    :mod:`dalle2_pytorch.command_line`."""
+    from dalle2_pytorch.command_line import run_command
+
+    return run_command("demo", _main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
+    from dalle2_pytorch.command_line import ArgumentParser, UserError
+
+    parser = ArgumentParser(prog="python -m dalle2_pytorch.demo.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", "-o", default="demo_output", help="demo folder (created; reused when run again)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes: every stage in seconds (for tests)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all usable CPUs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--configs", default=None, help="folder with demo_prior.json and demo_decoder.json")
+    parser.add_argument("--verbose", "-v", action="store_true", help="print the traceback of an error")
     args = parser.parse_args(argv)
-    try:
-        run_demo(args.output, TINY if args.tiny else FULL, config_dir=args.configs, threads=args.threads, seed=args.seed)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"demo: error: {e}", file=sys.stderr)
-        return 2
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if not 0 <= args.seed < 2**31:
+        raise UserError(f"--seed must be between 0 and 2**31 - 1, got {args.seed}")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UserError(f"--output {args.output} is an existing file; give a folder")
+    run_demo(args.output, TINY if args.tiny else FULL, config_dir=args.configs, threads=args.threads, seed=args.seed)
     return 0
 
 

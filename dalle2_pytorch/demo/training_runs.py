@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["TrainingRun", "run_in_lanes"]
+__all__ = ["TrainingRun", "TrainingRunError", "run_in_lanes"]
+
+
+class TrainingRunError(RuntimeError):
+    """A training run of the demo stopped without an export (exit status 3 of the demo command)."""
+
+    exit_status = 3
 
 _SCRIPT_MODULES = {
     "prior": "dalle2_pytorch.training.scripts.prior_script",
@@ -61,10 +67,17 @@ class TrainingRun:
         """The script's output (beside ``run_dir``: the tracker wants its folder to itself)."""
         return self.run_dir.parent / "logs" / f"{self.run_dir.name}.log"
 
-    def command(self) -> list[str]:
+    def command(self, start_over: bool = False) -> list[str]:
         script = _SCRIPT_MODULES[self.kind]
         return [sys.executable, "-c", f"import sys; from {script} import cli; sys.exit(cli())",
-                "--config_file", str(self.config_path), "--log-every", str(self.log_every), "--cpu"]
+                "--config_file", str(self.config_path), "--log-every", str(self.log_every), "--cpu",
+                *(["--start-over"] if start_over else [])]
+
+    def can_resume(self) -> bool:
+        """True when the run folder holds a checkpoint that verifies (the script continues it)."""
+        from dalle2_pytorch.training.checkpoint import checkpoint_problems
+
+        return any(problem is None for _, problem in checkpoint_problems(self.run_dir / "checkpoints"))
 
 
 def run_in_lanes(lanes: Sequence[Sequence[TrainingRun]], *, threads: int, book, progress,
@@ -108,7 +121,7 @@ def run_in_lanes(lanes: Sequence[Sequence[TrainingRun]], *, threads: int, book, 
     for w in workers:
         w.join()
     if errors:
-        raise RuntimeError("; ".join(errors))
+        raise TrainingRunError("; ".join(errors))
     return exports
 
 
@@ -126,12 +139,17 @@ def _run_one(run: TrainingRun, threads: int, book, progress, echo: Callable[[str
     if run.run_dir.exists() and (state is None or state.get("key") != run.key):
         echo(f"[demo] {run.run_dir} was trained from other inputs: starting it again")
         shutil.rmtree(run.run_dir)
-    elif (run.run_dir / "checkpoints").is_dir():
+    start_over = False
+    if run.run_dir.exists() and run.can_resume():
         echo(f"[demo] resuming the unfinished run in {run.run_dir}")
+    elif run.run_dir.exists():  # stopped before its first checkpoint: the script would refuse to start over it
+        echo(f"[demo] {run.run_dir} has no usable checkpoint: starting it again (the old folder is kept as "
+             f"{run.run_dir.name}.old-<time>)")
+        start_over = True
     book.write(run.name, run.key, finished=False)
-    status = _spawn(run, threads, echo)
+    status = _spawn(run, threads, echo, start_over)
     if status != 0 or not (run.export / "model.safetensors").is_file():
-        raise RuntimeError(f"{run.name} training stopped (exit status {status}) without an export in {run.export} "
+        raise TrainingRunError(f"{run.name} training stopped (exit status {status}) without an export in {run.export} "
                            f"(log: {run.log_path}); run the demo again to resume it")
     book.write(run.name, run.key, finished=True, seconds=time.perf_counter() - started)
     with lock:
@@ -139,14 +157,14 @@ def _run_one(run: TrainingRun, threads: int, book, progress, echo: Callable[[str
     return run.export
 
 
-def _spawn(run: TrainingRun, threads: int, echo: Callable[[str], None]) -> int:
+def _spawn(run: TrainingRun, threads: int, echo: Callable[[str], None], start_over: bool = False) -> int:
     """Runs the script as a child process; its output goes to ``log_path`` and, prefixed, to ``echo``."""
     package_root = str(Path(__file__).resolve().parents[2])  # the folder holding dalle2_pytorch/
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f"[{run.name}] "
-    command = run.command()
+    command = run.command(start_over)
     with open(run.log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command[3:])}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,

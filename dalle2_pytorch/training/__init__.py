@@ -5,10 +5,13 @@ from dalle2_pytorch._extras import require_extra
 require_extra("train", "accelerate", "ema_pytorch", what="dalle2_pytorch.training")
 
 from dalle2_pytorch.training.checkpoint import (
+    CheckpointWriteError,
     CorruptCheckpointError,
+    Storage,
     find_latest_valid_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    use_storage,
     verify_checkpoint,
 )
 from dalle2_pytorch.training.decoder_trainer import DecoderTrainer
@@ -25,6 +28,7 @@ from dalle2_pytorch.training.trackers import (
 )
 
 __all__ = [
+    "CheckpointWriteError",
     "ConsoleLogger",
     "CorruptCheckpointError",
     "DecoderTrainer",
@@ -41,5 +45,7 @@ __all__ = [
     "make_image_grid",
     "progress",
     "save_checkpoint",
+    "Storage",
+    "use_storage",
     "verify_checkpoint",
 ]

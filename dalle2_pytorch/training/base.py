@@ -26,7 +26,8 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gat
 from torch import nn
 
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
-from dalle2_pytorch.training.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
+from dalle2_pytorch.integrity import NonFiniteTensorError
+from dalle2_pytorch.training.checkpoint import MANIFEST, CheckpointWriteError, load_checkpoint, save_checkpoint
 from dalle2_pytorch.training.rng import capture_rng_state, restore_rng_state
 from dalle2_pytorch.version import REFERENCE_VERSION, __version__
 
@@ -291,7 +292,12 @@ class TrainerBase(_ExportMixin, nn.Module):
     def _check_finite_params(module: nn.Module, what: str) -> None:
         for name, p in module.named_parameters():
             if p.is_floating_point() and not torch.isfinite(p).all():
-                raise RuntimeError(f"refusing to save a checkpoint: {what} parameter {name} has non-finite values")
+                error = NonFiniteTensorError(
+                    f"refusing to save a checkpoint: {what} parameter {name} has non-finite values "
+                    "(training diverged; resume from the last checkpoint with a lower learning rate)"
+                )
+                error.exit_status = 3  # failed while running (the commands' exit status)
+                raise error
 
     @staticmethod
     def _split_optimizer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -349,7 +355,8 @@ class TrainerBase(_ExportMixin, nn.Module):
             The written directory on the main process, None elsewhere.
 
         Raises:
-            RuntimeError: model parameters are not finite (nothing is written).
+            NonFiniteTensorError: model parameters are not finite (nothing is written).
+            CheckpointWriteError: the write failed (rolled back; earlier checkpoints intact).
         """
         path = Path(path)
         self._check_finite_params(self._online_module(), self._kind)
@@ -375,7 +382,7 @@ class TrainerBase(_ExportMixin, nn.Module):
         if self._any_across_processes(error is not None):
             if error is not None:
                 raise error
-            raise RuntimeError("saving the checkpoint failed on the main process")
+            raise CheckpointWriteError("saving the checkpoint failed on the main process (see its error)")
         return written
 
     def _checkpoint_step(self) -> int:

@@ -15,24 +15,26 @@ Writing (:func:`write_checkpoint`): every file goes into a fresh `step_N.tmp-<ra
 is fsync'd, the manifest (hashes computed by reading the files back) is written and fsync'd, the
 temporary directory is `os.replace`d to its final name and the parent directory is fsync'd. A crash
 at any point leaves either the previous state or a complete checkpoint; half-written directories
-keep their `.tmp-` name and are ignored (and removed by the next successful write).
+keep their `.tmp-` name and are ignored (and removed by the next successful write). A write that
+fails with an error (disk full, I/O error) is rolled back before the error propagates. All file
+operations go through a :class:`Storage` (the seam tests use to inject such errors).
 
 Reading (:func:`find_latest_valid_checkpoint`, :func:`load_checkpoint`): a checkpoint counts only
 if its manifest exists and every listed file has the recorded size and hash; otherwise the
-previous one is used and a warning names the problem. `.pt` files are opened with
-:func:`dalle2_pytorch.serialization.safe_torch_load` only.
+previous one is used and a warning names the problem. Loaded tensors must be finite. `.pt` files
+are opened with :func:`dalle2_pytorch.serialization.safe_torch_load` only.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +42,25 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dalle2_pytorch.integrity import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MANIFEST_FORMAT_VERSION,
+    CorruptCheckpointError,
+    check_finite,
+    sha256_file,
+    verify_manifest,
+)
 from dalle2_pytorch.serialization import CheckpointError, safe_torch_load
 
 __all__ = [
     "CHECKPOINT_FILES",
+    "CheckpointWriteError",
     "CorruptCheckpointError",
     "LoadedCheckpoint",
+    "Storage",
     "checkpoint_dir_name",
+    "checkpoint_problems",
     "find_latest_valid_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -54,6 +68,7 @@ __all__ = [
     "resolve_checkpoint",
     "save_checkpoint",
     "to_safetensors_dict",
+    "use_storage",
     "verify_checkpoint",
     "write_checkpoint",
     "write_file_atomic",
@@ -61,17 +76,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "dalle2_pytorch.checkpoint"
-MANIFEST_FORMAT_VERSION = 1
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json")
 _STEP_DIR = re.compile(r"^step_(\d+)(\.old-[0-9a-f]+)?$")
 _TMP_DIR = re.compile(r"^(.+)\.tmp-[0-9a-f]+$")
-_HASH_CHUNK = 1 << 20
 
 
-class CorruptCheckpointError(CheckpointError):
-    """A checkpoint directory is incomplete or does not match its manifest."""
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a checkpoint or export failed (disk full, I/O error, ...); it was rolled back, so
+    what was there before is intact. Exit status 3 in the commands."""
+
+    exit_status = 3
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"[Errno {error.errno}] {error.strerror}"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -101,12 +122,49 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+class Storage:
+    """The file-system operations of a checkpoint or export write.
+
+    This is the seam through which faults are injected in tests: every file of
+    :func:`write_checkpoint` (hence of `save_checkpoint`, `export_model`) and of
+    `export_reference_model` is written, fsync'd and renamed through the active storage (see
+    :func:`use_storage`). The default performs the real operations on the local file system.
+    """
+
+    def mkdir(self, path: Path) -> None:
+        path.mkdir()
+
+    def write_file(self, path: Path, write: Callable[[Path], None]) -> None:
+        """Creates the file `path` by calling `write(path)`."""
+        write(path)
+
+    def fsync_file(self, path: Path) -> None:
+        _fsync_file(path)
+
+    def fsync_dir(self, path: Path) -> None:
+        _fsync_dir(path)
+
+    def replace(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+
+_active_storage: Storage = Storage()
+
+
+def current_storage() -> Storage:
+    """The storage writes go through (the local file system unless :func:`use_storage` is active)."""
+    return _active_storage
+
+
+@contextlib.contextmanager
+def use_storage(storage: Storage) -> Iterator[Storage]:
+    """Routes checkpoint and export writes through `storage` inside the block (process-wide)."""
+    global _active_storage
+    previous, _active_storage = _active_storage, storage
+    try:
+        yield storage
+    finally:
+        _active_storage = previous
 
 
 def to_safetensors_dict(state_dict: Mapping[str, Any], what: str = "state dict") -> dict[str, torch.Tensor]:
@@ -154,6 +212,11 @@ def _jsonable(value: Any, where: str) -> Any:
 def write_checkpoint(final_dir: str | os.PathLike, writers: Mapping[str, Callable[[Path], None]], **manifest_extra: Any) -> Path:
     """Atomically creates the directory `final_dir` holding one file per `writers` entry.
 
+    Any failure (a full disk, an I/O error, an exception in a writer) leaves what was there before:
+    the temporary directory is removed, an existing `final_dir` that had been moved aside is put
+    back, and a directory renamed into place just before the failure is taken back out. So a
+    directory named `final_dir` whose manifest verifies is always one complete write.
+
     Args:
         final_dir: the checkpoint directory to create (replaced if it exists).
         writers: `{file name: fn(path)}`; each function writes its file at `path`.
@@ -162,58 +225,85 @@ def write_checkpoint(final_dir: str | os.PathLike, writers: Mapping[str, Callabl
     Returns:
         `final_dir` as a `Path`.
     """
+    storage = current_storage()
     final_dir = Path(final_dir)
     parent = final_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f"{final_dir.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    old: Path | None = None
+    placed = False
+    current = ""
     try:
+        storage.mkdir(tmp)
         files = {}
         for name, write in writers.items():
             if "/" in name or name == MANIFEST:
                 raise ValueError(f"invalid checkpoint file name {name!r}")
+            current = name
             path = tmp / name
-            write(path)
-            _fsync_file(path)
-            files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+            storage.write_file(path, write)
+            storage.fsync_file(path)
+            files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
         manifest = {
             "format": MANIFEST_FORMAT,
             "format_version": MANIFEST_FORMAT_VERSION,
             **_jsonable(manifest_extra, "manifest"),
             "files": files,
         }
-        _write_json(tmp / MANIFEST, manifest)
-        _fsync_file(tmp / MANIFEST)
-        _fsync_dir(tmp)
-        old = None
+        current = MANIFEST
+        storage.write_file(tmp / MANIFEST, lambda p: _write_json(p, manifest))
+        storage.fsync_file(tmp / MANIFEST)
+        current = ""
+        storage.fsync_dir(tmp)
         if final_dir.exists():  # same name written twice: move the old one aside until replaced
             old = parent / f"{final_dir.name}.old-{secrets.token_hex(4)}"
-            os.replace(final_dir, old)
-        os.replace(tmp, final_dir)
-        _fsync_dir(parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+            storage.replace(final_dir, old)
+        storage.replace(tmp, final_dir)
+        placed = True
+        storage.fsync_dir(parent)
+    except BaseException as e:
+        _roll_back(final_dir, tmp, old, placed)
+        if isinstance(e, Exception) and not isinstance(e, (ValueError, TypeError)):
+            where = f" ({current})" if current else ""
+            raise CheckpointWriteError(
+                f"could not write {final_dir}{where}: {_reason(e)}; the partial write was removed and what "
+                "was there before is intact"
+            ) from e
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     _remove_stale_temporaries(parent, final_dir.name)
     return final_dir
 
 
 def write_file_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Writes one file atomically: `write(tmp)` into a sibling temporary file, fsync, `os.replace`."""
+    """Writes one file atomically through the storage seam: `write(tmp)` into a sibling temporary file,
+    fsync, rename over `path` (a failure leaves the previous file and raises CheckpointWriteError)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    storage = current_storage()
     tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
     try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+        storage.write_file(tmp, write)
+        storage.fsync_file(tmp)
+        storage.replace(tmp, path)
+        storage.fsync_dir(path.parent)
+    except Exception as e:
+        raise CheckpointWriteError(f"could not write {path}: {_reason(e)}; the previous file is intact") from e
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
     return path
+
+
+def _roll_back(final_dir: Path, tmp: Path, old: Path | None, placed: bool) -> None:
+    """Best effort after a failed write (plain `os` calls, not the storage that just failed)."""
+    with contextlib.suppress(OSError):
+        if placed:  # the new directory got its name but the write is reported failed: take it out
+            os.replace(final_dir, tmp)
+        if old is not None and old.exists() and not final_dir.exists():
+            os.replace(old, final_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -235,37 +325,14 @@ def _remove_stale_temporaries(parent: Path, just_written: str) -> None:
 
 
 def verify_checkpoint(path: str | os.PathLike, check_hashes: bool = True) -> dict[str, Any]:
-    """Checks a checkpoint directory against its manifest and returns the manifest.
+    """Checks a checkpoint directory against its manifest and returns the manifest
+    (:func:`dalle2_pytorch.integrity.verify_manifest`).
 
     Raises:
         CorruptCheckpointError: naming the problem (missing manifest, missing / truncated /
             modified file).
     """
-    path = Path(path)
-    manifest_path = path / MANIFEST
-    if not path.is_dir():
-        raise CorruptCheckpointError(f"{path} is not a checkpoint directory")
-    if not manifest_path.exists():
-        raise CorruptCheckpointError(f"{path}: no {MANIFEST} (the write did not finish)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise CorruptCheckpointError(f"{path}: unreadable {MANIFEST}: {e}") from e
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise CorruptCheckpointError(f"{path}: {MANIFEST} is not a {MANIFEST_FORMAT} manifest")
-    for name, info in files.items():
-        fp = path / name
-        if not fp.exists():
-            raise CorruptCheckpointError(f"{path}: file {name} listed in the manifest is missing")
-        size = fp.stat().st_size
-        if size != info["size"]:
-            raise CorruptCheckpointError(
-                f"{path}: {name} has {size} bytes, manifest says {info['size']} (truncated or modified)"
-            )
-        if check_hashes and _sha256(fp) != info["sha256"]:
-            raise CorruptCheckpointError(f"{path}: {name} does not match its sha256 in the manifest")
-    return manifest
+    return verify_manifest(path, check_hashes=check_hashes)
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
@@ -286,18 +353,33 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return out
 
 
-def find_latest_valid_checkpoint(root: str | os.PathLike, check_hashes: bool = True) -> Path | None:
-    """The newest checkpoint under `root` whose manifest verifies; None if there is none.
+def checkpoint_problems(root: str | os.PathLike, check_hashes: bool = True) -> list[tuple[Path, str | None]]:
+    """The checkpoints under `root` from the newest down to the newest valid one, each with what is
+    wrong with it (None for the valid one, which ends the list; older ones are not checked).
 
-    Damaged checkpoints are skipped with a warning naming the problem.
+    Logs nothing (see :func:`find_latest_valid_checkpoint`).
     """
+    out: list[tuple[Path, str | None]] = []
     for candidate in reversed(list_checkpoints(root)):
         try:
             verify_checkpoint(candidate, check_hashes=check_hashes)
         except CorruptCheckpointError as e:
-            logger.warning("skipping damaged checkpoint: %s", e)
+            out.append((candidate, str(e)))
             continue
-        return candidate
+        out.append((candidate, None))
+        break
+    return out
+
+
+def find_latest_valid_checkpoint(root: str | os.PathLike, check_hashes: bool = True) -> Path | None:
+    """The newest checkpoint under `root` whose manifest verifies; None if there is none.
+
+    Damaged checkpoints are skipped with one warning each naming the problem.
+    """
+    for candidate, problem in checkpoint_problems(root, check_hashes=check_hashes):
+        if problem is None:
+            return candidate
+        logger.warning("skipping damaged checkpoint: %s", problem)
     return None
 
 
@@ -323,24 +405,41 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def prune_checkpoints(root: str | os.PathLike, keep_last: int, protect: Path | None = None) -> list[Path]:
-    """Deletes all but the `keep_last` newest checkpoints under `root`; `protect` is never deleted.
+    """Deletes older checkpoints under `root`, keeping the `keep_last` newest complete ones.
+
+    Only checkpoints whose files have the sizes their manifest records count towards `keep_last`
+    (a damaged checkpoint never takes the place of a good one). `protect` (the one just written)
+    and every checkpoint newer than it (damaged ones a resumed run skipped: the user may still
+    repair them; the run overwrites them when it gets there) are never deleted.
 
     Returns the deleted directories.
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     candidates = list_checkpoints(root)
-    keep = set(candidates[-keep_last:])
+    complete = [c for c in candidates if _is_complete(c)]
+    keep = set(complete[-keep_last:])
     if protect is not None:
-        keep.add(Path(protect))
+        protect = Path(protect)
+        keep.add(protect)
+        if protect in candidates:
+            keep.update(candidates[candidates.index(protect) + 1 :])
+    oldest_kept = min((candidates.index(c) for c in keep if c in candidates), default=len(candidates))
     deleted = []
-    for c in candidates:
-        if c not in keep:
-            shutil.rmtree(c, ignore_errors=True)
-            deleted.append(c)
+    for c in candidates[:oldest_kept]:
+        shutil.rmtree(c, ignore_errors=True)
+        deleted.append(c)
     if deleted:
         _fsync_dir(Path(root))
     return deleted
+
+
+def _is_complete(path: Path) -> bool:
+    try:
+        verify_checkpoint(path, check_hashes=False)
+    except CorruptCheckpointError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +503,13 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike, only_model: bool = False) -> LoadedCheckpoint:
     """Verifies and reads a checkpoint directory (or the newest valid one under a root).
 
-    With `only_model`, the optimizer and RNG files are not read (returned empty).
+    The files are checked against the manifest (sizes and sha256) before anything is read, and
+    every floating tensor read must be finite. With `only_model`, the optimizer and RNG files are
+    not read (returned empty).
+
+    Raises:
+        CorruptCheckpointError: the directory does not match its manifest.
+        NonFiniteTensorError: a weight or optimiser tensor holds NaN / inf (naming file and tensor).
     """
     path = Path(path)
     if (path / MANIFEST).exists():
@@ -414,10 +519,13 @@ def load_checkpoint(path: str | os.PathLike, only_model: bool = False) -> Loaded
         ckpt = resolve_checkpoint(path)  # the newest checkpoint that verifies
     state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
     model = load_file(str(ckpt / "model.safetensors"), device="cpu")
+    check_finite(model, str(ckpt / "model.safetensors"))
     ema = load_file(str(ckpt / "ema.safetensors"), device="cpu")
+    check_finite(ema, str(ckpt / "ema.safetensors"))
     optimizer: dict[str, Any] = {}
     rng: dict[str, Any] = {}
     if not only_model:
         optimizer = safe_torch_load(ckpt / "optimizer.pt")
+        check_finite(optimizer, str(ckpt / "optimizer.pt"))
         rng = safe_torch_load(ckpt / "rng.pt")
     return LoadedCheckpoint(path=ckpt, model=model, ema=ema, optimizer=optimizer, rng=rng, trainer_state=state)

@@ -10,11 +10,18 @@
   `{"version": "<str>", "config": {...} (decoders only), "model": state_dict}`, for tools built on
   the reference. The version is a plain string and nothing else is pickled; the derived
   noise-schedule buffers (non-persistent here, stored by the reference) are included so that the
-  reference's strict loading accepts the file.
+  reference's strict loading accepts the file. A `<file>.sha256` (`sha256sum -c` format) is written
+  beside it; `from_checkpoint` checks the file against it when present.
+
+Exports are byte-reproducible: the same weights and config give files with the same sha256 (no
+timestamps; JSON with sorted keys; one safetensors metadata entry, because safetensors writes its
+metadata map in a per-process random order; `torch.save` archives hold no time or random id).
+Non-finite weights are refused (nothing is written).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -28,12 +35,25 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dalle2_pytorch.training.checkpoint import _jsonable, _write_json, to_safetensors_dict, write_checkpoint, write_file_atomic
+from dalle2_pytorch.integrity import check_finite, sha256_file
+from dalle2_pytorch.training.checkpoint import (
+    CheckpointWriteError,
+    _jsonable,
+    _reason,
+    _write_json,
+    current_storage,
+    to_safetensors_dict,
+    write_checkpoint,
+)
 from dalle2_pytorch.version import REFERENCE_VERSION, __version__
 
-__all__ = ["EXPORT_FORMAT", "export_dalle2", "export_model", "export_reference_model", "infer_kind", "push_to_hub"]
+__all__ = [
+    "EXPORT_FORMAT", "SHA256_SUFFIX", "export_dalle2", "export_model", "export_reference_model", "infer_kind",
+    "push_to_hub",
+]
 
 EXPORT_FORMAT = "dalle2_pytorch"
+SHA256_SUFFIX = ".sha256"  # `model.pth.sha256` beside a reference-layout file (sha256sum format)
 _SCHEDULE_MODULES = ("noise_scheduler", "noise_schedulers")
 
 
@@ -88,8 +108,10 @@ def export_model(
         "config": _jsonable(config, "config"),
     }
     weights = to_safetensors_dict(_weights(model, exclude_prefixes), f"{kind} state dict")
+    check_finite(weights, f"refusing to export {kind} to {directory}")
     writers = {
-        "model.safetensors": lambda p: save_file(weights, str(p), metadata={"format": "pt", "kind": kind}),
+        # a single metadata entry: safetensors writes its metadata map in random order (`kind` is in config.json)
+        "model.safetensors": lambda p: save_file(weights, str(p), metadata={"format": "pt"}),
         "config.json": lambda p: _write_json(p, header),
     }
     return write_checkpoint(directory, writers, kind=kind)
@@ -144,7 +166,37 @@ def export_reference_model(
     elif config is not None:
         raise ValueError("reference prior files carry no config; keep the prior config JSON beside the file")
     obj["model"] = reference_state_dict(model, exclude_prefixes)
-    return write_file_atomic(path, lambda tmp: torch.save(obj, tmp))
+    check_finite(obj["model"], f"refusing to export {kind} to {path}")
+    storage = current_storage()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
+    sidecar = path.with_name(path.name + SHA256_SUFFIX)
+    sidecar_tmp = sidecar.with_name(f"{sidecar.name}.tmp-{secrets.token_hex(4)}")
+    old_sidecar = sidecar.read_text(encoding="utf-8") if sidecar.is_file() else None
+    placed = False
+    try:
+        storage.write_file(tmp, lambda p: torch.save(obj, p))
+        storage.fsync_file(tmp)
+        line = f"{sha256_file(tmp)}  {path.name}\n"
+        storage.write_file(sidecar_tmp, lambda p: p.write_text(line, encoding="utf-8"))
+        storage.fsync_file(sidecar_tmp)
+        if old_sidecar is not None:  # a stale hash must never describe the new file: drop it first
+            sidecar.unlink()
+        storage.replace(tmp, path)  # atomic: `path` is always a complete file, old or new
+        placed = True
+        storage.replace(sidecar_tmp, sidecar)
+        storage.fsync_dir(path.parent)
+    except Exception as e:
+        if not placed and old_sidecar is not None and not sidecar.exists():
+            with contextlib.suppress(OSError):  # the old file is still there: so is its hash
+                sidecar.write_text(old_sidecar, encoding="utf-8")
+        state = "the new file is complete in place" if placed else "the previous file is intact"
+        raise CheckpointWriteError(f"could not write {path}: {_reason(e)}; {state}") from e
+    finally:
+        for leftover in (tmp, sidecar_tmp):
+            if leftover.exists():
+                leftover.unlink()
+    return path
 
 
 def export_dalle2(chain: nn.Module, directory: str | os.PathLike, *, clip: Any = None) -> Path:

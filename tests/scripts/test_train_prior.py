@@ -201,9 +201,11 @@ def test_prior_dry_run_writes_nothing(tiny_data, tmp_path, capsys):
 
 
 def test_prior_no_resume_refuses_a_folder_with_checkpoints(tiny_data, tmp_path):
+    from dalle2_pytorch.training.scripts.run_folder import RunFolderError
+
     run = tmp_path / "run"
     assert train_prior.main(prior_argv(tiny_data, run, "--max-steps", "1")) == 0
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunFolderError, match="--resume.*--start-over"):
         train_prior.main(prior_argv(tiny_data, run, "--no-resume"))
 
 

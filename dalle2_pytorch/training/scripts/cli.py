@@ -7,15 +7,23 @@ Both scripts accept::
                                `--override train.lr=3e-4 --override data.batch_size=16`;
                                KEY is a dotted path (list items by index: decoder.unets.0.dim),
                                VALUE is parsed as JSON when possible, else kept as a string
+    --check-config             validate the config (types, ranges, paths) and build the networks on
+                               the meta device (no memory, no data, no CLIP); print one line; write nothing
     --dry-run                  parse, build the models and data, run one batch; write nothing
     --resume / --no-resume     continue from the newest valid checkpoint of the run folder
-                               (`tracker.data_path/checkpoints/`; default: resume)
+                               (`tracker.data_path/checkpoints/`; default: resume); a folder that
+                               cannot be continued is refused (see `run_folder.py`)
+    --start-over               move an existing run folder aside (`<folder>.old-<time>`) and start at step 0
     --max-steps N              stop (after saving) once N optimiser steps were taken in total
     --log-every N              print training metrics every N steps (metrics.jsonl gets every step)
     --cpu                      force the CPU even when an accelerator is present
+    --verbose, -v              print the traceback of an error (before its one-line message)
 
 Config problems (unknown or misspelled keys, bad values, missing files) raise :class:`ConfigError`,
-whose message names every offending key; :func:`run_cli` prints it and exits with status 2.
+whose message names every offending key. The console entry points run through
+:func:`dalle2_pytorch.command_line.run_command`: every error is one line on stderr and a non-zero
+exit status (2: invalid input or refused; 3: failed while running; 1: stopped by a signal after
+saving).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from dalle2_pytorch.command_line import ArgumentParser, UserError, run_command
 from dalle2_pytorch.config.base import load_json
 
 __all__ = [
@@ -47,8 +56,8 @@ __all__ = [
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
-class ConfigError(ValueError):
-    """The training config (file, overrides or referenced paths) is invalid."""
+class ConfigError(UserError, ValueError):
+    """The training config (file, overrides or referenced paths) is invalid (exit status 2)."""
 
 
 @dataclass
@@ -56,7 +65,9 @@ class RunOptions:
     """Command-line options of a training run (everything that is not in the config)."""
 
     dry_run: bool = False
+    check_config: bool = False
     resume: bool = True
+    start_over: bool = False
     max_steps: int | None = None
     log_every: int = 10
     cpu: bool = False
@@ -70,7 +81,7 @@ class RunOptions:
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The arguments shared by both training scripts (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "--config_file", "--config_path", "--config-file", dest="config_file", required=True,
         help="training config JSON (TrainDiffusionPriorConfig / TrainDecoderConfig schema)",
@@ -84,20 +95,33 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         help="parse the config, build models and data, run one batch, then exit (writes nothing)",
     )
     parser.add_argument(
+        "--check-config", "--check_config", dest="check_config", action="store_true",
+        help="validate the config and build the networks on the meta device, then exit (writes nothing)",
+    )
+    parser.add_argument(
         "--resume", action=argparse.BooleanOptionalAction, default=True,
-        help="continue from the newest valid checkpoint under tracker.data_path (default: on)",
+        help="continue from the newest valid checkpoint under tracker.data_path (default: on); "
+             "--no-resume starts at step 0 and is refused when the folder holds an earlier run",
+    )
+    parser.add_argument(
+        "--start-over", "--start_over", dest="start_over", action="store_true",
+        help="move an existing run folder aside to <folder>.old-<time> (nothing is deleted) and start at step 0",
     )
     parser.add_argument("--max-steps", "--max_steps", dest="max_steps", type=positive_int, default=None,
                         help="stop after this many optimiser steps in total (a checkpoint is saved)")
     parser.add_argument("--log-every", "--log_every", dest="log_every", type=positive_int, default=10,
                         help="print training metrics every N steps (default 10)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is available")
+    parser.add_argument("--verbose", "-v", action="store_true", help="print the traceback of an error")
     return parser
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
@@ -156,12 +180,26 @@ def _index(part: str, items: list, where: str) -> int:
     return int(part)
 
 
+def _location(loc: tuple) -> str:
+    """Dotted field path without pydantic's union-member tags (`function-before[...]`, `tuple[...]`)."""
+    parts = [str(p) for p in loc if isinstance(p, int) or not any(c in str(p) for c in "[]()-, ")]
+    return ".".join(parts) or "<root>"
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
-    """One line per problem: `<dotted location>: <message>`."""
-    lines = [f"invalid training config {source}:"]
+    """One line per problem: `<dotted location>: <message>`. Where a field accepts alternatives (a
+    value or one value per unet), the messages of the alternatives that do not apply ("should be a
+    valid tuple") are left out when a more specific one exists."""
+    by_location: dict[str, list[str]] = {}
     for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "<root>"
-        lines.append(f"  {loc}: {item['msg']}")
+        messages = by_location.setdefault(_location(item["loc"]), [])
+        if item["msg"] not in messages:
+            messages.append(item["msg"])
+    lines = [f"invalid training config {source}:"]
+    for loc, messages in by_location.items():
+        specific = [m for m in messages if not m.startswith(("Input should be a valid tuple", "Input should be a valid list",
+                                                             "Input should be None"))]
+        lines.append(f"  {loc}: {'; '.join(specific or messages)}")
     return "\n".join(lines)
 
 
@@ -200,10 +238,8 @@ def load_config(
     return config
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Runs a script's `main`, turning a :class:`ConfigError` into a message and exit status 2."""
-    try:
-        return int(main(argv) or 0)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Runs a script's `main` through :func:`~dalle2_pytorch.command_line.run_command`: every error
+    becomes one line on stderr and a non-zero exit status (`--verbose` adds the traceback)."""
+    name = prog or Path(sys.argv[0]).name or "train"
+    return run_command(name, main, argv)

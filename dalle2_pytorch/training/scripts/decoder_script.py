@@ -50,15 +50,16 @@ from dalle2_pytorch.training.scripts.runtime import (
     any_rank,
     build_accelerator,
     build_tracker,
-    check_fresh_run_folder,
+    log_run_start,
     reduce_mean,
     reduce_sum,
     save_grid,
     seed_everything,
     setup_logging,
 )
+from dalle2_pytorch.training.scripts.run_folder import prepare_run_folder_on_all_ranks
 
-__all__ = ["build_trainer", "cli", "main", "train_decoder"]
+__all__ = ["build_trainer", "check_config", "cli", "main", "train_decoder"]
 
 logger = logging.getLogger("dalle2_pytorch.scripts.decoder")
 
@@ -71,16 +72,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Raises:
         ConfigError: invalid config (every bad key is named).
+        RunFolderError: the run folder cannot be continued / started as asked.
+        CheckpointWriteError: a checkpoint or export could not be written (rolled back).
     """
     parser = build_parser("train_decoder.py", "Train a DALL-E 2 decoder on webdataset image shards.")
     args = parse_args(parser, argv)
     config = load_config(TrainDecoderConfig, args.config_file, args.override)
+    if args.check_config:
+        print(check_config(config, args.config_file), flush=True)
+        return 0
     return train_decoder(config, RunOptions.from_args(args))
 
 
-def cli() -> int:
-    """Console entry point: like `main`, but a bad config prints a message and returns 2."""
-    return run_cli(main)
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: like `main`, but every error is one line on stderr and an exit status
+    (see :mod:`dalle2_pytorch.command_line`)."""
+    return run_cli(main, argv, prog="train_decoder.py")
+
+
+def check_config(config: TrainDecoderConfig, source: str = "config") -> str:
+    """`--check-config`: builds each Unet on the meta device (no memory, no weights) and returns a
+    one-line summary (the Decoder itself computes its noise schedules eagerly, so it is not built)."""
+    _single_grad_norm(config.train.max_grad_norm)
+    try:
+        with torch.device("meta"):
+            unets = [unet.create() for unet in config.decoder.unets]
+    except (ValueError, TypeError, RuntimeError, AssertionError) as e:
+        raise ConfigError(f"{source}: a Unet cannot be built from this config: {e}") from e
+    params = [sum(p.numel() for p in unet.parameters()) for unet in unets]
+    sizes = config.decoder.output_image_sizes
+    return (f"config OK: {source}: decoder with {len(unets)} unet(s) of {', '.join(f'{n:,}' for n in params)} "
+            f"parameters, image sizes {list(sizes) if sizes else 'from CLIP'}; batch size {config.data.batch_size}, "
+            f"{config.train.epochs} epoch(s); run folder {config.tracker.data_path}")
 
 
 def _single_grad_norm(value: Any) -> float | None:
@@ -132,10 +155,14 @@ def train_decoder(config: TrainDecoderConfig, options: RunOptions | None = None)
     if options.dry_run:
         return _dry_run(trainer, loaders, conditioner)
 
+    resume_from = prepare_run_folder_on_all_ranks(accelerator, config.tracker.data_path, resume=options.resume,
+                                                  start_over=options.start_over)
+    decoder = trainer.unwrapped_decoder
+    trained = [unet for unet, on in zip(decoder.unets, trainer.trained_unets) if on]
+    log_run_start(accelerator, "decoder", decoder, trained, config.tracker.data_path, resume_from, clip=clip)
     metrics = build_image_metrics(config.evaluate, device, clip=clip)
-    check_fresh_run_folder(config.tracker.data_path, options.resume)
-    tracker = build_tracker(config.tracker, accelerator, options.resume)
-    meta = tracker.recall(trainer)
+    tracker = build_tracker(config.tracker, accelerator)
+    meta = tracker.recall(trainer, checkpoint=resume_from)
     state = RunState.from_metadata(meta) if meta is not None else RunState()
     if meta is not None:
         logger.info("resumed from %s at steps %s (epoch %d, %d samples seen)", meta.get("path"),

@@ -60,14 +60,15 @@ from dalle2_pytorch.training.scripts.runtime import (
     any_rank,
     build_accelerator,
     build_tracker,
-    check_fresh_run_folder,
+    log_run_start,
     reduce_mean,
     reduce_sum,
     seed_everything,
     setup_logging,
 )
+from dalle2_pytorch.training.scripts.run_folder import prepare_run_folder_on_all_ranks
 
-__all__ = ["cli", "main", "train_prior"]
+__all__ = ["check_config", "cli", "main", "train_prior"]
 
 logger = logging.getLogger("dalle2_pytorch.scripts.prior")
 
@@ -80,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Raises:
         ConfigError: invalid config (every bad key is named).
+        RunFolderError: the run folder cannot be continued / started as asked.
+        CheckpointWriteError: a checkpoint or export could not be written (rolled back).
     """
     parser = build_parser("train_prior.py", "Train a DALL-E 2 diffusion prior on precomputed CLIP embeddings.")
     parser.add_argument("--eval-every-steps", "--eval_every_steps", dest="eval_every_steps", type=positive_int,
@@ -88,12 +91,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=None, help="checkpoint every N steps instead of every train.save_every_seconds")
     args = parse_args(parser, argv)
     config = load_config(TrainDiffusionPriorConfig, args.config_file, args.override)
+    if args.check_config:
+        print(check_config(config, args.config_file), flush=True)
+        return 0
     return train_prior(config, RunOptions.from_args(args))
 
 
-def cli() -> int:
-    """Console entry point: like `main`, but a bad config prints a message and returns 2."""
-    return run_cli(main)
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: like `main`, but every error is one line on stderr and an exit status
+    (see :mod:`dalle2_pytorch.command_line`)."""
+    return run_cli(main, argv, prog="train_prior.py")
+
+
+def check_config(config: TrainDiffusionPriorConfig, source: str = "config") -> str:
+    """`--check-config`: builds the prior network on the meta device (no memory, no weights) and
+    returns a one-line summary."""
+    try:
+        with torch.device("meta"):
+            prior = config.prior.create(build_clip=False)
+    except (ValueError, TypeError, RuntimeError, AssertionError) as e:
+        raise ConfigError(f"{source}: the prior network cannot be built from this config: {e}") from e
+    params = sum(p.numel() for p in prior.parameters())
+    return (f"config OK: {source}: prior with {params:,} parameters; batch size {config.data.batch_size}, "
+            f"{config.train.epochs} epoch(s); run folder {config.tracker.data_path}")
 
 
 def build_trainer(config: TrainDiffusionPriorConfig, accelerator: Any) -> DiffusionPriorTrainer:
@@ -126,9 +146,12 @@ def train_prior(config: TrainDiffusionPriorConfig, options: RunOptions | None = 
     if options.dry_run:
         return _dry_run(trainer, data, conditioner, device)
 
-    check_fresh_run_folder(config.tracker.data_path, options.resume)
-    tracker = build_tracker(config.tracker, accelerator, options.resume)
-    meta = tracker.recall(trainer)
+    resume_from = prepare_run_folder_on_all_ranks(accelerator, config.tracker.data_path, resume=options.resume,
+                                                  start_over=options.start_over)
+    log_run_start(accelerator, "prior", trainer.unwrapped_prior, [trainer.unwrapped_prior], config.tracker.data_path,
+                  resume_from, clip=clip)
+    tracker = build_tracker(config.tracker, accelerator)
+    meta = tracker.recall(trainer, checkpoint=resume_from)
     if meta is not None:
         state = RunState.from_metadata(meta)
         logger.info("resumed from %s at step %d (epoch %d, %d samples seen)", meta.get("path"),
@@ -224,7 +247,7 @@ class _PriorLoop(ScriptLoop):
                         self.evaluate()
                         eval_every.reset(self.step)
                     halt = o.max_steps is not None and self.step >= o.max_steps
-                    if save_due or halt or interrupted:
+                    if (save_due and not halt) or interrupted:  # at --max-steps, finish() saves (once)
                         self.save()
                         save_every.reset(self.step)
                     if interrupted:

@@ -46,7 +46,7 @@ __all__ = [
     "any_rank",
     "build_accelerator",
     "build_tracker",
-    "check_fresh_run_folder",
+    "log_run_start",
     "no_cond_dropout",
     "reduce_mean",
     "reduce_sum",
@@ -257,8 +257,15 @@ class ScriptLoop:
             self.tracker.log(record, step=self.step)
 
     def save(self, is_best: bool = False, is_latest: bool = True) -> None:
+        """Checkpoints the run; a latest checkpoint identical to the one just written (same step,
+        same loop state, e.g. `--max-steps` followed by the final save) is not written again."""
+        key = (self.step, json.dumps(self.state.metadata(), sort_keys=True))
+        if is_latest and not is_best and key == getattr(self, "_last_saved", None):
+            return
         self.tracker.save(self.trainer, is_best=is_best, is_latest=is_latest, **self.state.metadata(),
                           config=self.config_dump)
+        if is_latest:
+            self._last_saved = key
 
     def export(self, data_path: Path, **reference_kwargs: Any) -> None:
         """``export/`` (safetensors + JSON) and ``model.pth`` (the reference's layout); logs both."""
@@ -325,24 +332,11 @@ class GracefulStop:
         self._previous.clear()
 
 
-def check_fresh_run_folder(data_path: str | os.PathLike, resume: bool) -> None:
-    """With `--no-resume`, refuse a run folder that already holds checkpoints (new checkpoints with
-    lower step numbers would be rotated away in favour of the old ones).
-
-    Raises:
-        FileExistsError: naming the folder and the options.
-    """
-    root = Path(data_path) / "checkpoints"
-    if not resume and root.is_dir() and any(p.name.startswith("step_") for p in root.iterdir()):
-        raise FileExistsError(
-            f"{root} already holds checkpoints; continue them with --resume, or move them away / choose "
-            "another tracker.data_path to start a new run"
-        )
-
-
-def build_tracker(tracker_config: Any, accelerator: Accelerator, resume: bool) -> Tracker:
+def build_tracker(tracker_config: Any, accelerator: Accelerator, resume: bool = False) -> Tracker:
     """The run's `Tracker`: logger from `tracker.log` (console grids are not written twice: the
-    scripts save PNGs under `samples/` themselves), resume from the run folder when `resume`."""
+    scripts save PNGs under `samples/` themselves). The scripts decide what to resume from
+    themselves (:mod:`.run_folder`) and pass it to `Tracker.recall`, so `resume` (the tracker's
+    own search for the newest checkpoint) is off by default."""
     log = tracker_config.log
     common = dict(resume=log.resume, auto_resume=log.auto_resume, verbose=log.verbose, accelerator=accelerator)
     if log.log_type == "wandb":
@@ -365,6 +359,32 @@ def build_tracker(tracker_config: Any, accelerator: Accelerator, resume: bool) -
         tracker.checkpoint_root.mkdir(parents=True, exist_ok=True)  # marks the folder as a run folder
     accelerator.wait_for_everyone()
     return tracker
+
+
+def log_run_start(
+    accelerator: Accelerator,
+    what: str,
+    model: nn.Module,
+    trained: list[nn.Module],
+    data_path: str | os.PathLike,
+    resume_from: str | os.PathLike | None,
+    clip: nn.Module | None = None,
+) -> str:
+    """Logs (main process) and returns one line: run folder, device, precision, world size and the
+    parameter counts (trainable = parameters of the trained modules that require grad)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for m in trained for p in m.parameters() if p.requires_grad)
+    precision = accelerator.mixed_precision if accelerator.mixed_precision != "no" else "fp32"
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        precision += " (runs as fp32 on CPU)"
+    clip_note = f"; CLIP {sum(p.numel() for p in clip.parameters()):,} (frozen)" if clip is not None else ""
+    start = f"continuing from {resume_from}" if resume_from is not None else "starting at step 0"
+    line = (f"run folder {Path(data_path).resolve()} ({start}); device {accelerator.device}, precision {precision}, "
+            f"world size {accelerator.num_processes}; {what} parameters: {trainable:,} trainable / {total:,} total"
+            f"{clip_note}")
+    if accelerator.is_main_process:
+        logger.info(line)
+    return line
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int) -> Path:

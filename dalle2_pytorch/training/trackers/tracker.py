@@ -219,11 +219,17 @@ class Tracker:
 
     # ------------------------------------------------------------------ recalling
 
-    def recall(self, trainer: Any, only_model: bool = False, strict: bool = True) -> dict[str, Any] | None:
-        """Loads into `trainer`: the newest valid local checkpoint (auto-resume) or the configured
-        load source. Returns the checkpoint metadata, or None when there is nothing to load."""
-        if self.auto_resume and find_latest_valid_checkpoint(self.checkpoint_root) is not None:
-            return trainer.load(self.checkpoint_root, only_model=only_model, strict=strict)
+    def recall(
+        self, trainer: Any, only_model: bool = False, strict: bool = True, checkpoint: str | os.PathLike | None = None
+    ) -> dict[str, Any] | None:
+        """Loads into `trainer`: `checkpoint` when given, else the newest valid local checkpoint
+        (auto-resume) or the configured load source. Returns the checkpoint metadata, or None when
+        there is nothing to load. Damaged checkpoints are reported once."""
+        if checkpoint is not None:
+            return trainer.load(checkpoint, only_model=only_model, strict=strict)
+        latest = find_latest_valid_checkpoint(self.checkpoint_root) if self.auto_resume else None
+        if latest is not None:
+            return trainer.load(latest, only_model=only_model, strict=strict)
         loader = loader_from_config(self.load_config, self.data_path)
         if loader is None or loader.only_auto_resume:
             return None
