@@ -239,6 +239,25 @@ class TrainerBase(_ExportMixin, nn.Module):
         self._pending_nonfinite = False
         return bad
 
+    def _optimizer_step(self, optimizer: Any) -> bool:
+        """`optimizer.step()`; returns whether the parameters were updated.
+
+        With an fp16 grad scaler the step is skipped when the scaled gradients overflowed. accelerate
+        notices that only for optimizers whose `step` the scaler does not call; a fused optimizer is
+        always called (its kernel skips the update itself), so the scaler's backed-off scale is what
+        tells. The wrapped optimizer's `step_was_skipped` is set to match.
+        """
+        scaler = self.accelerator.scaler
+        if scaler is None:
+            optimizer.step()
+            return not getattr(optimizer, "step_was_skipped", False)
+        before = scaler.get_scale()
+        optimizer.step()
+        skipped = bool(getattr(optimizer, "step_was_skipped", False)) or scaler.get_scale() < before
+        if hasattr(optimizer, "_is_overflow"):
+            optimizer._is_overflow = skipped
+        return not skipped
+
     def _handle_nonfinite(self, local_bad: bool, optimizer: Any, what: str) -> bool:
         """Agrees on skipping across processes; on skip zeroes grads, counts and logs. True = skip."""
         skip = self._any_across_processes(local_bad)

@@ -219,9 +219,9 @@ class DecoderTrainer(TrainerBase):
         bad = self._clip_and_check(optimizer, params, self.max_grad_norm)
         if self._handle_nonfinite(bad, optimizer, f"unet {index + 1} step {int(self.steps[index])}"):
             return
-        optimizer.step()
+        stepped = self._optimizer_step(optimizer)
         optimizer.zero_grad(set_to_none=True)
-        if not getattr(optimizer, "step_was_skipped", False):
+        if stepped:
             self.schedulers[index].step()
         if self._has_ema(index):
             self.ema_unets[index].update()

@@ -148,9 +148,9 @@ class DiffusionPriorTrainer(TrainerBase):
         bad = self._clip_and_check(self.optimizer, params, self.max_grad_norm)
         if self._handle_nonfinite(bad, self.optimizer, f"prior step {self.num_steps_taken()}"):
             return
-        self.optimizer.step()
+        stepped = self._optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
-        if not getattr(self.optimizer, "step_was_skipped", False):
+        if stepped:
             self.scheduler.step()
         if self.use_ema:
             self.ema_diffusion_prior.update()
