@@ -27,20 +27,42 @@ from torch import nn
 
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
 from dalle2_pytorch.training.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
+from dalle2_pytorch.training.performance import COMPILE_SCOPES, FirstStepTimer, compile_network
 from dalle2_pytorch.training.rng import capture_rng_state, restore_rng_state
 from dalle2_pytorch.version import REFERENCE_VERSION, __version__
 
-__all__ = ["TrainerBase", "resolve_mixed_precision"]
+__all__ = ["AMP_CHOICES", "TrainerBase", "resolve_mixed_precision"]
 
 logger = logging.getLogger("dalle2_pytorch.training")
 
-_OPTIMIZER_KWARGS = ("betas",)
+_OPTIMIZER_KWARGS = ("betas", "fused")
 
 
-def resolve_mixed_precision(amp: bool | str | None) -> str | None:
+AMP_CHOICES = ("auto", "no", "fp16", "bf16")
+
+
+def _gpu_has_bf16() -> bool:
+    """True on GPUs with native bf16 (Ampere and newer), not the emulated support of older ones."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # pragma: no cover - older torch without the argument
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "y")
+
+
+def resolve_mixed_precision(amp: bool | str | None, *, cpu: bool = False) -> str | None:
     """Maps the trainers' `amp` flag to accelerate's `mixed_precision` ("no" / "fp16" / "bf16").
 
-    `True` picks bf16 on CPU and on GPUs that support it, fp16 otherwise. None/False: not set.
+    * "auto" (the default): the launcher's choice when `accelerate launch` set one
+      (ACCELERATE_MIXED_PRECISION, e.g. from an accelerate config file); otherwise bf16 on a GPU with
+      native bf16 and nothing (float32) on CPU (`cpu`, ACCELERATE_USE_CPU, no GPU) or on older GPUs.
+    * True: bf16 on CPU and on GPUs that support it, fp16 otherwise.
+    * None / False: not set; "no" / "fp16" / "bf16": that.
     """
     if amp is None or amp is False:
         return None
@@ -48,9 +70,15 @@ def resolve_mixed_precision(amp: bool | str | None) -> str | None:
         if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             return "fp16"
         return "bf16"
-    if isinstance(amp, str) and amp in ("no", "fp16", "bf16"):
+    if amp == "auto":
+        if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+            return None
+        if cpu or _env_flag("ACCELERATE_USE_CPU") or not _gpu_has_bf16():
+            return None
+        return "bf16"
+    if isinstance(amp, str) and amp in AMP_CHOICES:
         return amp
-    raise ValueError(f"amp must be a bool or one of 'no', 'fp16', 'bf16'; got {amp!r}")
+    raise ValueError(f"amp must be a bool or one of {', '.join(repr(c) for c in AMP_CHOICES)}; got {amp!r}")
 
 
 def _accelerator_option_names() -> set[str]:
@@ -107,7 +135,8 @@ class TrainerBase(_ExportMixin, nn.Module):
         self.num_nonfinite_skips = 0
         self.consecutive_nonfinite_skips = 0
         self._unscaled = False
-        mixed = resolve_mixed_precision(amp)
+        self._first_step = FirstStepTimer("training", enabled=False)
+        mixed = resolve_mixed_precision(amp, cpu=bool(accelerator_kwargs.get("cpu")))
 
         if accelerator is None:
             unknown = sorted(set(accelerator_kwargs) - _accelerator_option_names())
@@ -127,7 +156,7 @@ class TrainerBase(_ExportMixin, nn.Module):
                     "accelerator_* options were given together with an accelerator: "
                     + ", ".join("accelerator_" + k for k in sorted(accelerator_kwargs))
                 )
-            if mixed not in (None, "no") and accelerator.mixed_precision == "no":
+            if amp != "auto" and mixed not in (None, "no") and accelerator.mixed_precision == "no":
                 warnings.warn(
                     f"amp={amp!r} is ignored: the given accelerator has mixed_precision='no' "
                     "(pass amp to an accelerator built with mixed_precision='bf16'/'fp16')",
@@ -142,6 +171,27 @@ class TrainerBase(_ExportMixin, nn.Module):
                 stacklevel=3,
             )
         self.accelerator = accelerator
+
+    def _compile(self, modules: list[nn.Module], compile: bool | str | None) -> str | None:
+        """torch.compile of the networks in `modules` (see `training.performance`); returns the scope.
+
+        `compile`: False/None (off), True ("blocks"), "blocks" or "model".
+        """
+        if compile is None or compile is False:
+            return None
+        scope = "blocks" if compile is True else compile
+        if scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile must be a bool or one of {COMPILE_SCOPES}, got {compile!r}")
+        n = sum(compile_network(m, scope) for m in modules)
+        self._first_step = FirstStepTimer("training", enabled=True)
+        logger.info("torch.compile: %d module(s) at scope %r; compiled at their first call", n, scope)
+        return scope
+
+    @property
+    def compile_seconds(self) -> float | None:
+        """Wall time of the first training step after `compile` (compilation included); None
+        before it or without compile."""
+        return self._first_step.seconds
 
     # ------------------------------------------------------------------ properties
 
@@ -171,6 +221,8 @@ class TrainerBase(_ExportMixin, nn.Module):
         total = 0.0
         extras = []
         grad_context = torch.enable_grad if self.training else torch.no_grad
+        if self.training:
+            self._first_step.start()
         for fraction, c_args, c_kwargs in split_batch(args, kwargs, max_batch_size):
             with grad_context(), self.accelerator.autocast():
                 out = call(*c_args, **c_kwargs)
@@ -191,6 +243,8 @@ class TrainerBase(_ExportMixin, nn.Module):
                 # always backward, even for a non-finite loss: under DDP every rank must reach the
                 # gradient all-reduce; the step is then skipped on all ranks in `update`
                 self.accelerator.backward(loss / self.gradient_accumulation_steps)
+        if self.training:
+            self._first_step.stop(self.device)
         return total, extras
 
     # ------------------------------------------------------------------ update helpers

@@ -18,7 +18,8 @@ from dalle2_pytorch.serialization import safe_torch_load
 from dalle2_pytorch.training.base import TrainerBase
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
 from dalle2_pytorch.training.ema import ema_state_dict, load_ema_state_dict, make_ema, pop_prefixed
-from dalle2_pytorch.training.optim import get_lr_scheduler, get_optimizer
+from dalle2_pytorch.training.optim import get_lr_scheduler, get_optimizer, load_optimizer_state
+from dalle2_pytorch.training.performance import enable_gradient_checkpointing, to_channels_last
 from dalle2_pytorch.training.prior_trainer import eval_mode
 from dalle2_pytorch.training.reference_files import (
     convert_reference_unet_state,
@@ -44,13 +45,21 @@ class DecoderTrainer(TrainerBase):
         use_ema: keep one EMA per trained unet (used by `sample` and exports).
         lr, wd, eps, warmup_steps, cosine_decay_max_steps: one value or one per unet.
         max_grad_norm: per-unet gradient-norm clip (over that unet's parameters only); None: off.
-        amp: mixed precision through accelerate (True → bf16 where supported, or 'fp16'/'bf16').
+        amp: mixed precision through accelerate: "auto" (default: bf16 on GPUs with native bf16,
+            float32 on CPU and older GPUs, the launcher's choice when it made one), True (bf16 where
+            supported, else fp16), False, or "no" / "fp16" / "bf16".
         unet_training_mask: one bool per unet; unets marked False (and parameter-less unets such
             as `nn.Identity`) get no optimiser, scheduler or EMA and are frozen.
         gradient_accumulation_steps: optimiser step every this many `update(unet)` calls.
         keep_last_checkpoints: checkpoints kept under a root by `save`.
-        **kwargs: `ema_*` → `ema_pytorch.EMA`, `accelerator_*` → `Accelerator`, `betas` → the
-            optimisers. Anything else: TypeError.
+        compile: torch.compile the trained unets: False, True / "blocks" (each resnet and attention
+            block), "model" (each unet whole); see `training.performance`. The first training step
+            includes the compilation (`compile_seconds`).
+        channels_last: store the unets (and their EMA copies) channels-last, the layout of cuDNN's
+            bf16 convolutions (pays on GPUs, mostly together with `compile`).
+        gradient_checkpointing: turn on the unets' `checkpoint_during_training`.
+        **kwargs: `ema_*` → `ema_pytorch.EMA`, `accelerator_*` → `Accelerator`, `betas` / `fused`
+            → the optimisers (`get_optimizer`). Anything else: TypeError.
     """
 
     _kind = "decoder"
@@ -67,12 +76,15 @@ class DecoderTrainer(TrainerBase):
         warmup_steps: int | None | Sequence[int | None] = None,
         cosine_decay_max_steps: int | None | Sequence[int | None] = None,
         max_grad_norm: float | None = 0.5,
-        amp: bool | str = False,
+        amp: bool | str = "auto",
         group_wd_params: bool = True,
         *,
         unet_training_mask: Sequence[bool] | None = None,
         gradient_accumulation_steps: int = 1,
         keep_last_checkpoints: int = 2,
+        compile: bool | str = False,
+        channels_last: bool = False,
+        gradient_checkpointing: bool = False,
         device: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -99,12 +111,19 @@ class DecoderTrainer(TrainerBase):
             cosine_decay_max_steps=list(cosines), max_grad_norm=max_grad_norm, amp=amp,
             group_wd_params=group_wd_params, unet_training_mask=[bool(m) for m in mask],
             gradient_accumulation_steps=gradient_accumulation_steps, ema=ema_kwargs, optimizer=optimizer_kwargs,
+            compile=compile, channels_last=channels_last, gradient_checkpointing=gradient_checkpointing,
         )
 
         decoder = decoder.to(self.device)
         self.trained_unets = tuple(bool(m) and _has_params(u) for m, u in zip(mask, decoder.unets))
         if not any(self.trained_unets):
             raise ValueError("DecoderTrainer has no unet to train (all masked out or parameter-less)")
+        trained = [u for u, t in zip(decoder.unets, self.trained_unets) if t]
+        if channels_last:  # before the EMA copies, so that sampling with them is channels-last too
+            to_channels_last(trained)
+        if gradient_checkpointing:
+            for unet in trained:
+                enable_gradient_checkpointing(unet)
         optimizers: list[torch.optim.Optimizer | None] = []
         self.schedulers: list[Any] = []
         emas: list[nn.Module] = []
@@ -123,6 +142,7 @@ class DecoderTrainer(TrainerBase):
             self.schedulers.append(get_lr_scheduler(opt, warmups[i], cosines[i]))
             emas.append(make_ema(unet, **ema_kwargs) if use_ema else nn.Identity())
         self.ema_unets = nn.ModuleList(emas)
+        self._compile(trained, compile)  # after the EMA copies: only the trained unets are compiled
 
         prepared = self.accelerator.prepare(decoder, *[o for o in optimizers if o is not None])
         self.decoder = prepared[0]
@@ -334,7 +354,7 @@ class DecoderTrainer(TrainerBase):
             if opt_state is None:
                 warnings.warn(f"checkpoint has no optimizer state for unet {i + 1}; it starts fresh", stacklevel=3)
                 continue
-            self.optimizers[i].load_state_dict(opt_state)
+            load_optimizer_state(self.optimizers[i], opt_state)
             self.schedulers[i].load_state_dict(sched_state)
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
