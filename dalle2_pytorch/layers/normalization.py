@@ -109,7 +109,10 @@ def _group_norm_channels_last(
     """Group norm of a channels-last (b, c, h, w) tensor without leaving that layout.
 
     Statistics in float32 over each group's (h·w, c/groups) elements; y = x·a + s with
-    a = rstd·weight and s = bias − mean·a per (sample, channel), in x's dtype.
+    a = rstd·weight and s = bias − mean·a per (sample, channel). a and s stay float32 and the
+    multiply-add runs in float32 (rounded to x's dtype once): in bf16, x·a and s cancel badly when
+    a group's mean is large against its spread. Eager this costs a float32 intermediate; under
+    torch.compile the whole function is one or two fused kernels.
     """
     b, c, h, w = x.shape
     cg = c // groups
@@ -123,7 +126,7 @@ def _group_norm_channels_last(
         s = s * weight.float()
     if bias is not None:
         s = s + bias.float()
-    return torch.addcmul(s.to(x.dtype)[:, :, None, None], x, a.to(x.dtype)[:, :, None, None])
+    return torch.addcmul(s[:, :, None, None], x, a[:, :, None, None]).to(x.dtype)
 
 
 class ChanLayerNorm(nn.Module):

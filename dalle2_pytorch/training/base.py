@@ -27,7 +27,19 @@ from torch import nn
 
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
 from dalle2_pytorch.training.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
+from dalle2_pytorch.training.optim import load_optimizer_state
 from dalle2_pytorch.training.performance import COMPILE_SCOPES, FirstStepTimer, compile_network
+from dalle2_pytorch.training.sharding import (
+    check_sharding_support,
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_full_model_state,
+    load_full_optimizer_state,
+    prepare_fsdp_plugin,
+    to_full_tensor,
+    unsharded,
+)
 from dalle2_pytorch.training.rng import capture_rng_state, restore_rng_state
 from dalle2_pytorch.version import REFERENCE_VERSION, __version__
 
@@ -171,18 +183,21 @@ class TrainerBase(_ExportMixin, nn.Module):
                 stacklevel=3,
             )
         self.accelerator = accelerator
+        check_sharding_support(accelerator)
 
-    def _compile(self, modules: list[nn.Module], compile: bool | str | None) -> str | None:
+    def _compile(self, modules: list[nn.Module], compile: bool | str | dict | None) -> str | None:
         """torch.compile of the networks in `modules` (see `training.performance`); returns the scope.
 
-        `compile`: False/None (off), True ("blocks"), "blocks" or "model".
+        `compile`: False/None (off), True ("blocks"), "blocks", "model", or a dict with an optional
+        "scope" and `torch.compile` keyword arguments (mode, backend, ...).
         """
         if compile is None or compile is False:
             return None
-        scope = "blocks" if compile is True else compile
+        options = dict(compile) if isinstance(compile, dict) else {}
+        scope = options.pop("scope", "blocks") if isinstance(compile, dict) else ("blocks" if compile is True else compile)
         if scope not in COMPILE_SCOPES:
-            raise ValueError(f"compile must be a bool or one of {COMPILE_SCOPES}, got {compile!r}")
-        n = sum(compile_network(m, scope) for m in modules)
+            raise ValueError(f"compile must be a bool, one of {COMPILE_SCOPES} or a dict, got {compile!r}")
+        n = sum(compile_network(m, scope, **options) for m in modules)
         self._first_step = FirstStepTimer("training", enabled=True)
         logger.info("torch.compile: %d module(s) at scope %r; compiled at their first call", n, scope)
         return scope
@@ -192,6 +207,54 @@ class TrainerBase(_ExportMixin, nn.Module):
         """Wall time of the first training step after `compile` (compilation included); None
         before it or without compile."""
         return self._first_step.seconds
+
+    # ------------------------------------------------------------------ sharding (FSDP2)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the parameters are sharded across processes (FSDP2 through accelerate)."""
+        return is_sharded(self.accelerator)
+
+    def _prepare_sharding(self, model: nn.Module, use_ema: bool, frozen: list[nn.Module] = ()) -> None:
+        """Before `accelerator.prepare` under FSDP2: wrap policy, CLIP and `frozen` modules kept out of
+        sharding (training.sharding)."""
+        if not self.sharded:
+            return
+        if not use_ema:
+            raise ValueError(
+                "FSDP sharding needs use_ema=True: sampling, sample grids and exports use the EMA copy, which "
+                "stays whole on every rank (the sharded online model can only run on all ranks together)"
+            )
+        prepare_fsdp_plugin(self.accelerator, model, frozen=frozen)
+
+    def _online_state(self) -> dict[str, torch.Tensor]:
+        """The online model's full state dict (sharded: gathered, every rank must call; main has it)."""
+        return full_model_state(self._online_module()) if self.sharded else self._model_state()
+
+    def _load_online_state(self, module: nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
+        if self.sharded:
+            load_full_model_state(module, state, strict=strict)
+        else:
+            module.load_state_dict(state, strict=strict)
+
+    def _optimizer_state_dict(self, optimizer: Any) -> dict[str, Any]:
+        """`optimizer.state_dict()`; sharded: the full state in the same layout (collective)."""
+        if self.sharded:
+            return full_optimizer_state(self._online_module(), optimizer)
+        return optimizer.state_dict()
+
+    def _load_optimizer_state_dict(self, optimizer: Any, state: dict[str, Any]) -> None:
+        if self.sharded:
+            model = self._online_module()
+            load_optimizer_state(optimizer, state, load=lambda st: load_full_optimizer_state(model, optimizer, st))
+        else:
+            load_optimizer_state(optimizer, state)
+
+    def _full_params(self, module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+        """Context for calling methods other than `forward` (sampling) on the online model."""
+        if self.sharded and module is self._online_module():
+            return unsharded(module)
+        return contextlib.nullcontext(module)
 
     # ------------------------------------------------------------------ properties
 
@@ -287,6 +350,8 @@ class TrainerBase(_ExportMixin, nn.Module):
                 norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             elif scaler is None:
                 norm = torch.nn.utils.get_total_norm(grads)
+            if norm is not None:
+                norm = to_full_tensor(norm)  # sharded gradients: the norm over all ranks
         bad = self._pending_nonfinite
         if norm is not None and scaler is None and not torch.isfinite(torch.as_tensor(norm)).item():
             bad = True
@@ -425,18 +490,26 @@ class TrainerBase(_ExportMixin, nn.Module):
             RuntimeError: model parameters are not finite (nothing is written).
         """
         path = Path(path)
-        self._check_finite_params(self._online_module(), self._kind)
+        if not self.sharded:
+            self._check_finite_params(self._online_module(), self._kind)
         rng = self._gather_rng_states()
+        # sharded: every rank takes part in gathering the full states; the main process writes them
+        model_state = self._online_state() if self.sharded else None
+        optimizer_state = self._optimizer_state() if self.sharded else None
         exact = path.suffix != "" or (path / MANIFEST).exists()
         written, error = None, None
         if self.is_main_process:
             try:
+                if model_state is None:
+                    model_state = self._model_state()
+                else:
+                    _check_finite_state(model_state, self._kind)
                 written = save_checkpoint(
                     path,
                     step=self._checkpoint_step(),
-                    model_state=self._model_state(),
+                    model_state=model_state,
                     ema_state=self._ema_state(),
-                    optimizer_state=self._optimizer_state(),
+                    optimizer_state=optimizer_state if optimizer_state is not None else self._optimizer_state(),
                     rng_state=rng,
                     trainer_state=self._trainer_state(metadata),
                     keep_last=keep_last if keep_last is not None else self.keep_last_checkpoints,
@@ -508,6 +581,12 @@ class TrainerBase(_ExportMixin, nn.Module):
     @staticmethod
     def _counters_from_state(state: dict[str, Any]) -> dict[str, Any]:
         return {k: state[k] for k in ("step", "steps") if k in state}
+
+
+def _check_finite_state(state: dict[str, torch.Tensor], what: str) -> None:
+    for name, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise RuntimeError(f"refusing to save a checkpoint: {what} parameter {name} has non-finite values")
 
 
 _METADATA_FIELDS = {

@@ -18,7 +18,7 @@ from dalle2_pytorch.serialization import safe_torch_load
 from dalle2_pytorch.training.base import TrainerBase
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
 from dalle2_pytorch.training.ema import ema_state_dict, load_ema_state_dict, make_ema, pop_prefixed
-from dalle2_pytorch.training.optim import get_lr_scheduler, get_optimizer, load_optimizer_state
+from dalle2_pytorch.training.optim import get_lr_scheduler, get_optimizer
 from dalle2_pytorch.training.performance import enable_gradient_checkpointing, to_channels_last
 from dalle2_pytorch.training.prior_trainer import eval_mode
 from dalle2_pytorch.training.reference_files import (
@@ -143,6 +143,8 @@ class DecoderTrainer(TrainerBase):
             emas.append(make_ema(unet, **ema_kwargs) if use_ema else nn.Identity())
         self.ema_unets = nn.ModuleList(emas)
         self._compile(trained, compile)  # after the EMA copies: only the trained unets are compiled
+        frozen = [u for u, t in zip(decoder.unets, self.trained_unets) if not t]
+        self._prepare_sharding(decoder, use_ema, frozen=frozen)
 
         prepared = self.accelerator.prepare(decoder, *[o for o in optimizers if o is not None])
         self.decoder = prepared[0]
@@ -259,7 +261,7 @@ class DecoderTrainer(TrainerBase):
                 for i in range(self.num_unets):
                     if self._has_ema(i):
                         decoder.unets[i] = self.ema_unets[i].ema_model
-            with eval_mode(decoder):
+            with self._full_params(decoder) if use_non_ema else contextlib.nullcontext(), eval_mode(decoder):
                 yield decoder
         finally:
             for i, unet in enumerate(originals):
@@ -324,7 +326,7 @@ class DecoderTrainer(TrainerBase):
     def _optimizer_state(self) -> dict[str, Any]:
         scaler = self.accelerator.scaler
         return {
-            "optimizers": [o.state_dict() if o is not None else None for o in self.optimizers],
+            "optimizers": [self._optimizer_state_dict(o) if o is not None else None for o in self.optimizers],
             "schedulers": [s.state_dict() if s is not None else None for s in self.schedulers],
             "scaler": scaler.state_dict() if scaler is not None else None,
         }
@@ -334,7 +336,7 @@ class DecoderTrainer(TrainerBase):
         return {"step": max(steps), "steps": steps}
 
     def _load_weights(self, model: dict, ema: dict, strict: bool) -> None:
-        self.unwrapped_decoder.load_state_dict(model, strict=strict)
+        self._load_online_state(self.unwrapped_decoder, model, strict)
         for i in range(self.num_unets):
             if not self._has_ema(i):
                 continue
@@ -344,7 +346,8 @@ class DecoderTrainer(TrainerBase):
                 load_ema_state_dict(self.ema_unets[i], part, strict=strict)
             else:
                 warnings.warn(f"checkpoint has no EMA state for unet {i + 1}; EMA re-initialised from its weights", stacklevel=3)
-                self.ema_unets[i].ema_model.load_state_dict(self.unwrapped_decoder.unets[i].state_dict())
+                own = f"unets.{i}."
+                self.ema_unets[i].ema_model.load_state_dict({k[len(own):]: v for k, v in model.items() if k.startswith(own)})
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
         for i in range(self.num_unets):
@@ -354,7 +357,7 @@ class DecoderTrainer(TrainerBase):
             if opt_state is None:
                 warnings.warn(f"checkpoint has no optimizer state for unet {i + 1}; it starts fresh", stacklevel=3)
                 continue
-            load_optimizer_state(self.optimizers[i], opt_state)
+            self._load_optimizer_state_dict(self.optimizers[i], opt_state)
             self.schedulers[i].load_state_dict(sched_state)
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
@@ -371,7 +374,7 @@ class DecoderTrainer(TrainerBase):
             raise ValueError(f"{path} is neither a dalle2_pytorch checkpoint directory nor a reference decoder file with a 'model' entry")
         decoder = self.unwrapped_decoder
         online = match_reference_state_dict(obj["model"], decoder, f"{path} ['model']", strict)
-        decoder.load_state_dict(online, strict=False)
+        self._load_online_state(decoder, online, strict=False)
         ema_obj = obj.get("ema") or {}
         for i in range(self.num_unets):
             if not self._has_ema(i):
@@ -384,7 +387,8 @@ class DecoderTrainer(TrainerBase):
                 part = match_reference_state_dict(part, ema.ema_model, f"{path} ['ema'] unet {i + 1}", strict)
                 ema.ema_model.load_state_dict(part, strict=False)
             else:
-                ema.ema_model.load_state_dict(decoder.unets[i].state_dict())
+                own = f"unets.{i}."
+                ema.ema_model.load_state_dict({k[len(own):]: v for k, v in online.items() if k.startswith(own)}, strict=False)
             ema.initted.fill_(True)
             if f"{i}.step" in ema_obj:
                 ema.step.fill_(int(ema_obj[f"{i}.step"]))

@@ -138,8 +138,10 @@ def _fused_devices() -> set[str]:
         return {"cuda"}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """`optimizer.load_state_dict(state)`, keeping this optimizer's implementation flags.
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict, load: Callable[[dict], None] | None = None
+) -> None:
+    """`optimizer.load_state_dict(state)` (or `load(state)`), keeping this optimizer's implementation flags.
 
     A checkpoint carries the fused/foreach/capturable flags of the run that wrote it; loading it
     as is would switch a fused GPU run back to the per-parameter path (or ask for a fused kernel
@@ -149,7 +151,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """
     inner = getattr(optimizer, "optimizer", optimizer)
     flags = [{k: g[k] for k in _IMPLEMENTATION_FLAGS if k in g} for g in inner.param_groups]
-    optimizer.load_state_dict(state)
+    (load or optimizer.load_state_dict)(state)
     for group, own in zip(inner.param_groups, flags):
         for key in _IMPLEMENTATION_FLAGS:
             if key in own:

@@ -17,7 +17,7 @@ from dalle2_pytorch.serialization import safe_torch_load
 from dalle2_pytorch.training.base import TrainerBase
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
 from dalle2_pytorch.training.ema import ema_state_dict, load_ema_state_dict, make_ema, pop_prefixed
-from dalle2_pytorch.training.optim import get_lr_scheduler, get_optimizer, load_optimizer_state
+from dalle2_pytorch.training.optim import get_lr_scheduler, get_optimizer
 from dalle2_pytorch.training.performance import enable_gradient_checkpointing
 from dalle2_pytorch.training.reference_files import match_reference_state_dict, reference_metadata
 
@@ -114,6 +114,7 @@ class DiffusionPriorTrainer(TrainerBase):
         )
         self.scheduler = get_lr_scheduler(optimizer, warmup_steps, cosine_decay_max_steps)
         self._compile([prior], compile)  # after the EMA copy: only the trained network is compiled
+        self._prepare_sharding(prior, use_ema)
         self.diffusion_prior, self.optimizer = self.accelerator.prepare(prior, optimizer)
         self.register_buffer("step", torch.tensor([0]))
 
@@ -176,7 +177,7 @@ class DiffusionPriorTrainer(TrainerBase):
         """`DiffusionPrior.p_sample_loop` of the EMA model (online model without EMA)."""
         model = self._sampling_model()
         args, kwargs = cast_inputs(args, kwargs, self.device)
-        with eval_mode(model):
+        with self._full_params(model), eval_mode(model):
             return model.p_sample_loop(*args, **kwargs)
 
     @torch.no_grad()
@@ -189,7 +190,7 @@ class DiffusionPriorTrainer(TrainerBase):
         model = self._sampling_model(use_non_ema)
         args, kwargs = cast_inputs(args, kwargs, self.device)
         outputs = []
-        with eval_mode(model):
+        with self._full_params(model), eval_mode(model):
             for _, c_args, c_kwargs in split_batch(args, kwargs, max_batch_size):
                 outputs.append(model.sample(*c_args, **c_kwargs))
         return torch.cat(outputs, dim=0)
@@ -199,7 +200,7 @@ class DiffusionPriorTrainer(TrainerBase):
         """`DiffusionPrior.sample_batch_size` of the EMA model (online model without EMA)."""
         model = self._sampling_model()
         args, kwargs = cast_inputs(args, kwargs, self.device)
-        with eval_mode(model):
+        with self._full_params(model), eval_mode(model):
             return model.sample_batch_size(*args, **kwargs)
 
     @torch.no_grad()
@@ -222,7 +223,7 @@ class DiffusionPriorTrainer(TrainerBase):
     def _optimizer_state(self) -> dict[str, Any]:
         scaler = self.accelerator.scaler
         return {
-            "optimizers": [self.optimizer.state_dict()],
+            "optimizers": [self._optimizer_state_dict(self.optimizer)],
             "schedulers": [self.scheduler.state_dict()],
             "scaler": scaler.state_dict() if scaler is not None else None,
         }
@@ -231,7 +232,7 @@ class DiffusionPriorTrainer(TrainerBase):
         return {"step": self.num_steps_taken()}
 
     def _load_weights(self, model: dict, ema: dict, strict: bool) -> None:
-        self.unwrapped_prior.load_state_dict(model, strict=strict)
+        self._load_online_state(self.unwrapped_prior, model, strict)
         if self.use_ema:
             if ema:
                 load_ema_state_dict(self.ema_diffusion_prior, ema, strict=strict)
@@ -240,7 +241,7 @@ class DiffusionPriorTrainer(TrainerBase):
                 self.ema_diffusion_prior.ema_model.load_state_dict(model, strict=strict)
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
-        load_optimizer_state(self.optimizer, state["optimizers"][0])
+        self._load_optimizer_state_dict(self.optimizer, state["optimizers"][0])
         self.scheduler.load_state_dict(state["schedulers"][0])
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
@@ -269,7 +270,7 @@ class DiffusionPriorTrainer(TrainerBase):
             raise ValueError(f"{path} is neither a dalle2_pytorch checkpoint directory nor a reference prior file with a 'model' entry")
         prior = self.unwrapped_prior
         online = match_reference_state_dict(obj["model"], prior, f"{path} ['model']", strict)
-        prior.load_state_dict(online, strict=False)
+        self._load_online_state(prior, online, strict=False)
         if self.use_ema:
             ema_source = obj.get("ema_model", obj["model"])
             ema_sd = match_reference_state_dict(ema_source, prior, f"{path} ['ema_model']", strict)
