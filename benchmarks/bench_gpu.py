@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -92,7 +93,10 @@ class Worker:
         yield_result(result, self.args)
         return results + [result]
 
-    def close(self) -> None:
+    def close(self, force: bool = False) -> None:
+        if force and self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
@@ -211,6 +215,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-repeats", type=int, default=None, help="timed sampling runs (default 2, quick 1)")
     p.add_argument("--compile-backend", default="inductor")
     p.add_argument("--budget-s", type=float, default=None, help="start nothing new after this many seconds")
+    p.add_argument("--table-from", type=Path, metavar="JSONL",
+                   help="only print (and write next to it) the tables of an earlier run's bench_gpu.jsonl")
+    p.add_argument("--profile", default="", metavar="V1,V2",
+                   help="variants (or 'reference') to profile for 2 steps after timing; tables go to OUT/profile.txt")
     args = p.parse_args(argv)
     args.size = "quick" if args.quick else "full"
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
@@ -231,8 +239,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class Stopped(Exception):
+    """SIGTERM (e.g. `timeout`): stop the workers and keep what was measured."""
+
+
+def _stop(signum, frame):  # pragma: no cover - signal handler
+    raise Stopped()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.table_from:
+        results = [json.loads(line) for line in args.table_from.read_text().splitlines() if line.strip()]
+        table = tables(results)
+        args.table_from.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+        print(table)
+        return 0
+    signal.signal(signal.SIGTERM, _stop)
     args.out = args.out or Path(tempfile.mkdtemp(prefix="bench_gpu_"))
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -245,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_gpu: device {args.device}, {args.dtype}, size {args.size}, warm-up {args.warmup}, "
           f"{args.repeats} timed steps; results in {args.out}", flush=True)
     results: list[dict] = []
+    stopped = False
     try:
         for w in args.workload_list:
             if deadline is not None and time.time() > deadline:
@@ -253,11 +277,16 @@ def main(argv: list[str] | None = None) -> int:
                     yield_result(r, args)
                     results.append(r)
                 continue
+            profile = [v for v in args.profile.split(",") if v]
             for worker in workers:
-                results += worker.run({"workload": w, "variants": args.variant_map[w], "deadline": deadline})
+                results += worker.run({"workload": w, "variants": args.variant_map[w], "deadline": deadline,
+                                       "profile": profile, "profile_out": str(args.out / "profile.txt")})
+    except (Stopped, KeyboardInterrupt):
+        stopped = True
+        print("bench_gpu: stopped; the results so far are in bench_gpu.jsonl", flush=True)
     finally:
         for worker in workers:
-            worker.close()
+            worker.close(force=stopped)
     table = tables(results)
     (args.out / "bench_gpu.md").write_text(table + "\n", encoding="utf-8")
     print(f"\nbench_gpu done in {time.time() - start:.0f} s\n{table}", flush=True)

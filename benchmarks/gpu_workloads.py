@@ -259,6 +259,21 @@ def sample_fn(model, inputs, size, device, dtype) -> Callable[[], None]:
     return run
 
 
+def profile_step(step: Callable[[], None], device: torch.device, title: str, path: str, rows: int = 30) -> None:
+    """Appends a torch.profiler table (device self time, top `rows` kernels/ops) of 2 steps to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"\n### {title} (2 steps)\n{table}\n")
+
+
 def count_flops(step: Callable[[], None]) -> float | None:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -310,6 +325,8 @@ def run_workload(pkg: Any, side: str, cmd: dict, args: argparse.Namespace, devic
                 times = Timer(device).time(fn, args.repeats if train else args.sample_repeats)
                 result.update(step_ms=statistics.median(times), step_ms_all=[round(t, 3) for t in times],
                               peak_gb=peak_gb(device))
+                if cmd.get("profile_out") and name in (cmd.get("profile") or []):
+                    profile_step(fn, device, f"{side} {workload} {name}", cmd["profile_out"])
                 if train and flops is None and not ({"compile", "compile_model", "ckpt"} & set(flags)):
                     flops = count_flops(train_step_fn(model, inputs, None, device, args.dtype))
                 if train and flops:

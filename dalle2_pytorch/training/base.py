@@ -48,6 +48,7 @@ __all__ = ["AMP_CHOICES", "TrainerBase", "resolve_mixed_precision"]
 logger = logging.getLogger("dalle2_pytorch.training")
 
 _OPTIMIZER_KWARGS = ("betas", "fused")
+DEEPSPEED_MARKER = "deepspeed_partitioned_state_not_saved"
 
 
 AMP_CHOICES = ("auto", "no", "fp16", "bf16")
@@ -238,12 +239,26 @@ class TrainerBase(_ExportMixin, nn.Module):
             module.load_state_dict(state, strict=strict)
 
     def _optimizer_state_dict(self, optimizer: Any) -> dict[str, Any]:
-        """`optimizer.state_dict()`; sharded: the full state in the same layout (collective)."""
+        """`optimizer.state_dict()`; sharded: the full state in the same layout (collective).
+
+        Under DeepSpeed ZeRO the AdamW moments are partitioned across the ranks inside DeepSpeed's
+        own optimiser; they are not saved (a marker is), and a resumed run restarts them.
+        """
         if self.sharded:
             return full_optimizer_state(self._online_module(), optimizer)
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            if self.is_main_process:
+                logger.warning("DeepSpeed ZeRO partitions the optimiser state: the checkpoint holds no AdamW "
+                               "moments (a resumed run restarts them); FSDP2 checkpoints keep them")
+            return {DEEPSPEED_MARKER: True}
         return optimizer.state_dict()
 
     def _load_optimizer_state_dict(self, optimizer: Any, state: dict[str, Any]) -> None:
+        if state.get(DEEPSPEED_MARKER):
+            warnings.warn("the checkpoint was written under DeepSpeed ZeRO and holds no optimiser state: "
+                          "AdamW's moments start fresh (weights, EMA, schedule and counters are restored)",
+                          stacklevel=3)
+            return
         if self.sharded:
             model = self._online_module()
             load_optimizer_state(optimizer, state, load=lambda st: load_full_optimizer_state(model, optimizer, st))

@@ -370,3 +370,42 @@ def test_trainers_default_to_amp_auto_and_stay_float32_on_cpu():
 
     trainer = DiffusionPriorTrainer(ToyPrior())
     assert trainer._config["amp"] == "auto" and trainer.accelerator.mixed_precision == "no"
+
+
+# ---------------------------------------------------------------------------------------------
+# shipped accelerate configs
+
+
+def test_shipped_accelerate_configs_parse_into_fsdp2_and_zero2():
+    from pathlib import Path
+
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser, prepare_multi_gpu_env
+
+    configs = Path(__file__).resolve().parents[2] / "train_configs" / "accelerate"
+    parser = launch_command_parser()
+    args, _, _ = _validate_launch_command(parser.parse_args(["--config_file", str(configs / "fsdp2.yaml"), "x.py"]))
+    env = prepare_multi_gpu_env(args)
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP" and "FSDP_TRANSFORMER_CLS_TO_WRAP" not in env
+    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    ds = parser.parse_args(["--config_file", str(configs / "deepspeed_zero2.yaml"), "x.py"])
+    args, _, _ = _validate_launch_command(ds)
+    assert args.use_deepspeed and int(args.zero_stage) == 2 and float(args.gradient_clipping) == 0.5
+
+
+def test_deepspeed_checkpoints_say_that_they_hold_no_optimizer_state(tmp_path, monkeypatch):
+    """ZeRO partitions AdamW's state inside DeepSpeed; a checkpoint cannot hold it from rank 0 alone."""
+    from accelerate.utils import DistributedType
+
+    from _training_toys import ToyPrior
+
+    trainer = DiffusionPriorTrainer(ToyPrior(), lr=1e-2)
+    trainer(text_embed=torch.randn(4, 8), image_embed=torch.randn(4, 8))
+    trainer.update()
+    monkeypatch.setattr(type(trainer.accelerator), "distributed_type", property(lambda self: DistributedType.DEEPSPEED))
+    state = trainer._optimizer_state()
+    assert state["optimizers"] == [{trainer_base.DEEPSPEED_MARKER: True}] and state["schedulers"][0]
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="holds no optimiser state"):
+        trainer._load_optimizer_state(state)
+    assert trainer.optimizer.state_dict()["state"]  # the run's own moments are left as they were
