@@ -21,6 +21,7 @@ from dalle2_pytorch.prior.diffusion_prior import DiffusionPrior
 from dalle2_pytorch.prior.network import DiffusionPriorNetwork
 from dalle2_pytorch.training import DecoderTrainer, DiffusionPriorTrainer
 from dalle2_pytorch.training import base as trainer_base
+from dalle2_pytorch.training import precision
 from dalle2_pytorch.training.optim import get_optimizer, load_optimizer_state, optimizer_implementation
 from dalle2_pytorch.training.performance import compile_network, compile_units, enable_gradient_checkpointing
 
@@ -349,10 +350,10 @@ def test_inductor_compiled_unet_blocks_match_eager_on_cpu():
 def test_amp_auto_is_bf16_on_gpus_with_native_bf16_only(monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
-    resolve = trainer_base.resolve_mixed_precision
-    monkeypatch.setattr(trainer_base, "_gpu_has_bf16", lambda: False)
+    resolve = precision.resolve_mixed_precision
+    monkeypatch.setattr(precision, "_gpu_has_bf16", lambda: False)
     assert resolve("auto") is None  # CPU / older GPUs: float32, as before
-    monkeypatch.setattr(trainer_base, "_gpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision, "_gpu_has_bf16", lambda: True)
     assert resolve("auto") == "bf16"
     assert resolve("auto", cpu=True) is None
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
