@@ -325,7 +325,7 @@ def run_workload(pkg: Any, side: str, cmd: dict, args: argparse.Namespace, devic
                 times = Timer(device).time(fn, args.repeats if train else args.sample_repeats)
                 result.update(step_ms=statistics.median(times), step_ms_all=[round(t, 3) for t in times],
                               peak_gb=peak_gb(device))
-                if cmd.get("profile_out") and name in (cmd.get("profile") or []):
+                if train and cmd.get("profile_out") and name in (cmd.get("profile") or []):
                     profile_step(fn, device, f"{side} {workload} {name}", cmd["profile_out"])
                 if train and flops is None and not ({"compile", "compile_model", "ckpt"} & set(flags)):
                     flops = count_flops(train_step_fn(model, inputs, None, device, args.dtype))
