@@ -3,8 +3,9 @@
 # the CUDA tests. Each mode is sized for ~5 minutes of GPU time (the steps have time limits and the
 # benchmark a budget, so a mode ends in time and keeps what it measured).
 #
-#   bash scripts/gpu_check.sh explore   # all variants of ours on the 188 M Unet and the prior, the LAION
-#                                       # Unet without compile, both samplers; profiles; quick CUDA tests
+#   bash scripts/gpu_check.sh explore   # quick CUDA tests; every workload with the reference and each eager
+#                                       # variant of ours (profiles of casts / channels_last / reference);
+#                                       # then the compiled variants (188 M Unet first)
 #   bash scripts/gpu_check.sh final     # the table for benchmarks/README.md: reference and our default
 #                                       # (casts) on all five workloads, then `compile` on the three
 #                                       # training ones; then the compile / script / FSDP2 checks
@@ -158,12 +159,14 @@ EOF
 ALL=unet188_train,prior_train,unet_laion_train,decoder_sample,prior_sample
 if [ "$MODE" = explore ]; then
   run_tests "not compile and not script" 90
-  run_bench "${BUDGET_S:-200}" "${REF[@]}" --sample-repeats 1 --workloads "${WORKLOADS:-$ALL}" \
-    --variants "${VARIANTS:-eager,fused,casts,channels_last,compile,fused+casts+compile}" \
-    --variants-for "unet_laion_train=eager,fused,casts,channels_last" \
-    --variants-for "prior_train=eager,fused,casts,compile" \
+  # every workload uncompiled first (reference, the baseline and each eager fast path), then compiles
+  run_bench "${BUDGET_S:-130}" "${REF[@]}" --sample-repeats 1 --workloads "${WORKLOADS:-$ALL}" \
+    --variants "${VARIANTS:-eager,fused,casts,channels_last}" --variants-for "prior_train=eager,fused,casts" \
     --variants-for "decoder_sample=casts,channels_last" --variants-for "prior_sample=casts" \
     --profile "casts,channels_last,reference"
+  run_bench "${BUDGET2_S:-150}" --workloads "${WORKLOADS2:-unet188_train,prior_train,unet_laion_train}" \
+    --variants "compile,fused+casts+compile" --variants-for "prior_train=compile" \
+    --variants-for "unet_laion_train=compile"
 elif [ "$MODE" = final ]; then
   # the reference and our default first (every row of the table), then the compiled variants
   run_bench "${BUDGET_S:-120}" "${REF[@]}" --workloads "${WORKLOADS:-$ALL}" --variants casts
