@@ -362,8 +362,19 @@ class DecoderTrainConfig(StrictModel):
     """Optimizer steps before the EMA starts tracking."""
     ema_update_every: PositiveInt = 10
     """Update the EMA every this many steps."""
-    amp: Flag = False
-    """Mixed-precision training (bf16/fp16 autocast via accelerate)."""
+    amp: Flag | Literal["auto", "no", "fp16", "bf16"] = "auto"
+    """Mixed precision (autocast via accelerate). "auto": bf16 on GPUs with native bf16 (Ampere and
+    newer), float32 on CPU and older GPUs, or what `accelerate launch` was configured with; true: bf16
+    where supported, else fp16; false / "no": float32; "fp16" / "bf16": that."""
+    compile: Flag | Literal["blocks", "model"] = False
+    """torch.compile the trained networks: true / "blocks" (each repeated block; fast to compile),
+    "model" (each network whole). The first step includes the compilation (logged as
+    train/compile_seconds)."""
+    gradient_checkpointing: Flag = False
+    """Recompute activations in backward (less memory, roughly one more forward per step)."""
+    channels_last: Flag = False
+    """Store the unets channels-last (NHWC), the layout of cuDNN's bf16 convolutions (GPU; best with
+    compile)."""
     unet_training_mask: tuple[Flag, ...] | None = None
     """Which unets to train (one bool per unet); None: all."""
 

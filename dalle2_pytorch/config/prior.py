@@ -7,7 +7,7 @@ of `DiffusionPriorNetwork` / `DiffusionPrior`, so the reference's JSON files (an
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -201,8 +201,16 @@ class DiffusionPriorTrainConfig(StrictModel):
     """Optimizer steps before the EMA starts tracking."""
     ema_update_every: PositiveInt = 10
     """Update the EMA every this many steps."""
-    amp: Flag = False
-    """Mixed-precision training (bf16/fp16 autocast via accelerate)."""
+    amp: Flag | Literal["auto", "no", "fp16", "bf16"] = "auto"
+    """Mixed precision (autocast via accelerate). "auto": bf16 on GPUs with native bf16 (Ampere and
+    newer), float32 on CPU and older GPUs, or what `accelerate launch` was configured with; true: bf16
+    where supported, else fp16; false / "no": float32; "fp16" / "bf16": that."""
+    compile: Flag | Literal["blocks", "model"] = False
+    """torch.compile the trained networks: true / "blocks" (each repeated block; fast to compile),
+    "model" (each network whole). The first step includes the compilation (logged as
+    train/compile_seconds)."""
+    gradient_checkpointing: Flag = False
+    """Recompute activations in backward (less memory, roughly one more forward per step)."""
     warmup_steps: NonNegativeInt | None = None
     """Linear learning-rate warmup steps; None: no warmup."""
     cosine_decay_max_steps: PositiveInt | None = None

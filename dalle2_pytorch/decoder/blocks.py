@@ -21,6 +21,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from dalle2_pytorch.decoder.attention import CrossAttention
+from dalle2_pytorch.layers.normalization import GroupNorm
 
 __all__ = [
     "Block",
@@ -68,7 +69,9 @@ class Block(nn.Module):
     """3×3 conv → GroupNorm → optional x·(scale+1)+shift → SiLU.
 
     Keys: `project.{weight,bias}` (dim_out, dim, 3, 3), `norm.{weight,bias}` (dim_out).
-    x: (b, dim, h, w) -> (b, dim_out, h, w).
+    x: (b, dim, h, w) -> (b, dim_out, h, w), in x's memory format. Under autocast the norm, the
+    scale/shift and the SiLU stay in the activation dtype (:class:`~dalle2_pytorch.layers.GroupNorm`),
+    and the scale/shift is one fused multiply-add.
     """
 
     def __init__(self, dim: int, dim_out: int, *, groups: int = 8, weight_standardization: bool = False):
@@ -76,7 +79,7 @@ class Block(nn.Module):
         check_groups(dim_out, groups, f"Block({dim} -> {dim_out})")
         conv = WeightStandardizedConv2d if weight_standardization else nn.Conv2d
         self.project = conv(dim, dim_out, 3, padding=1)
-        self.norm = nn.GroupNorm(groups, dim_out)
+        self.norm = GroupNorm(groups, dim_out)
         self.act = nn.SiLU()
 
     def forward(
@@ -85,7 +88,7 @@ class Block(nn.Module):
         x = self.norm(self.project(x))
         if scale_shift is not None:
             scale, shift = scale_shift  # (b, dim_out, 1, 1) each
-            x = x * (scale + 1) + shift
+            x = torch.addcmul(shift, x, scale + 1)  # x·(scale+1) + shift in one pass
         return self.act(x)
 
 

@@ -2,7 +2,10 @@
 
 from dalle2_pytorch.layers.embeddings import MLP, SinusoidalPosEmb
 from dalle2_pytorch.layers.feedforward import FeedForward, SwiGLU
-from dalle2_pytorch.layers.normalization import ChanLayerNorm, LayerNorm
+from dalle2_pytorch.layers.normalization import ChanLayerNorm, GroupNorm, LayerNorm, set_norm_upcast
 from dalle2_pytorch.layers.rotary import RotaryEmbedding
 
-__all__ = ["ChanLayerNorm", "FeedForward", "LayerNorm", "MLP", "RotaryEmbedding", "SinusoidalPosEmb", "SwiGLU"]
+__all__ = [
+    "ChanLayerNorm", "FeedForward", "GroupNorm", "LayerNorm", "MLP", "RotaryEmbedding", "SinusoidalPosEmb", "SwiGLU",
+    "set_norm_upcast",
+]

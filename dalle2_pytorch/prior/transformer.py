@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from dalle2_pytorch.layers.feedforward import FeedForward
 from dalle2_pytorch.layers.normalization import LayerNorm
@@ -178,6 +179,16 @@ class Attention(nn.Module):
         return self.attend(q, k, v, attn_bias)
 
 
+def _layer(attn: Attention, ff: nn.Module, x: torch.Tensor, bias: torch.Tensor, last_query_only: bool) -> torch.Tensor:
+    """One residual (attention, feed-forward) layer; (b, n, dim) -> (b, n, dim), or (b, 1, dim) for
+    the last token only."""
+    if last_query_only:
+        x = attn(x, bias, last_query_only=True) + x[:, -1:]
+    else:
+        x = attn(x, bias) + x
+    return ff(x) + x
+
+
 @dataclass
 class TransformerPrefixCache:
     """Per-layer keys/values of a fixed causal prefix (see :meth:`CausalTransformer.build_prefix`).
@@ -227,6 +238,9 @@ class CausalTransformer(nn.Module):
         normformer: LayerNorm after the feed-forward activation.
         rotary_emb: rotary positions on the first min(32, dim_head) features of q and k.
         layout: "1.15.6" or "1.1.0" attention maths (see module docstring).
+        checkpoint_during_training: gradient checkpointing of each layer in training mode (the
+            layer's activations are recomputed in backward: less memory, about one more forward).
+            Also settable later as the attribute of the same name.
     """
 
     def __init__(
@@ -245,9 +259,11 @@ class CausalTransformer(nn.Module):
         normformer: bool = False,
         rotary_emb: bool = True,
         layout: str = "1.15.6",
+        checkpoint_during_training: bool = False,
     ):
         super().__init__()
         self.layout = check_layout(layout)
+        self.checkpoint_during_training = checkpoint_during_training
         self.init_norm = LayerNorm(dim) if norm_in else nn.Identity()
         self.rel_pos_bias = RelPosBias(heads=heads)
         rotary = RotaryEmbedding(min(32, dim_head)) if rotary_emb else None
@@ -284,12 +300,13 @@ class CausalTransformer(nn.Module):
         x = self.init_norm(x)
         bias = self.attention_bias(n, x.device, x.dtype)
         depth = len(self.layers)
+        use_ckpt = self.checkpoint_during_training and self.training and torch.is_grad_enabled()
         for i, (attn, ff) in enumerate(self.layers):
-            if last_only and i == depth - 1:
-                x = attn(x, bias, last_query_only=True) + x[:, -1:]
+            last = last_only and i == depth - 1
+            if use_ckpt:  # dropout masks are replayed: checkpoint restores the RNG state
+                x = checkpoint(_layer, attn, ff, x, bias, last, use_reentrant=False)
             else:
-                x = attn(x, bias) + x
-            x = ff(x) + x
+                x = _layer(attn, ff, x, bias, last)
         out = self.project_out(self.norm(x))
         return out[:, -1] if last_only else out
 

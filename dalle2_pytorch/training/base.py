@@ -28,30 +28,18 @@ from torch import nn
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
 from dalle2_pytorch.integrity import NonFiniteTensorError
 from dalle2_pytorch.training.checkpoint import MANIFEST, CheckpointWriteError, load_checkpoint, save_checkpoint
+from dalle2_pytorch.training.performance import FirstStepTimer
+from dalle2_pytorch.training.precision import AMP_CHOICES, resolve_mixed_precision
+from dalle2_pytorch.training.sharding import check_sharding_support, to_full_tensor
+from dalle2_pytorch.training.trainer_parallel import DEEPSPEED_MARKER, ParallelMixin, check_finite_state
 from dalle2_pytorch.training.rng import capture_rng_state, restore_rng_state
 from dalle2_pytorch.version import REFERENCE_VERSION, __version__
 
-__all__ = ["TrainerBase", "resolve_mixed_precision"]
+__all__ = ["AMP_CHOICES", "DEEPSPEED_MARKER", "TrainerBase", "resolve_mixed_precision"]
 
 logger = logging.getLogger("dalle2_pytorch.training")
 
-_OPTIMIZER_KWARGS = ("betas",)
-
-
-def resolve_mixed_precision(amp: bool | str | None) -> str | None:
-    """Maps the trainers' `amp` flag to accelerate's `mixed_precision` ("no" / "fp16" / "bf16").
-
-    `True` picks bf16 on CPU and on GPUs that support it, fp16 otherwise. None/False: not set.
-    """
-    if amp is None or amp is False:
-        return None
-    if amp is True:
-        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-            return "fp16"
-        return "bf16"
-    if isinstance(amp, str) and amp in ("no", "fp16", "bf16"):
-        return amp
-    raise ValueError(f"amp must be a bool or one of 'no', 'fp16', 'bf16'; got {amp!r}")
+_OPTIMIZER_KWARGS = ("betas", "fused")
 
 
 def _accelerator_option_names() -> set[str]:
@@ -87,7 +75,7 @@ class _ExportMixin:
         return out
 
 
-class TrainerBase(_ExportMixin, nn.Module):
+class TrainerBase(_ExportMixin, ParallelMixin, nn.Module):
     """Common state and helpers; subclasses build the model, optimisers, schedulers and EMAs."""
 
     def _init_common(
@@ -108,7 +96,8 @@ class TrainerBase(_ExportMixin, nn.Module):
         self.num_nonfinite_skips = 0
         self.consecutive_nonfinite_skips = 0
         self._unscaled = False
-        mixed = resolve_mixed_precision(amp)
+        self._first_step = FirstStepTimer("training", enabled=False)
+        mixed = resolve_mixed_precision(amp, cpu=bool(accelerator_kwargs.get("cpu")))
 
         if accelerator is None:
             unknown = sorted(set(accelerator_kwargs) - _accelerator_option_names())
@@ -128,7 +117,7 @@ class TrainerBase(_ExportMixin, nn.Module):
                     "accelerator_* options were given together with an accelerator: "
                     + ", ".join("accelerator_" + k for k in sorted(accelerator_kwargs))
                 )
-            if mixed not in (None, "no") and accelerator.mixed_precision == "no":
+            if amp != "auto" and mixed not in (None, "no") and accelerator.mixed_precision == "no":
                 warnings.warn(
                     f"amp={amp!r} is ignored: the given accelerator has mixed_precision='no' "
                     "(pass amp to an accelerator built with mixed_precision='bf16'/'fp16')",
@@ -143,6 +132,7 @@ class TrainerBase(_ExportMixin, nn.Module):
                 stacklevel=3,
             )
         self.accelerator = accelerator
+        check_sharding_support(accelerator)
 
     # ------------------------------------------------------------------ properties
 
@@ -172,6 +162,8 @@ class TrainerBase(_ExportMixin, nn.Module):
         total = 0.0
         extras = []
         grad_context = torch.enable_grad if self.training else torch.no_grad
+        if self.training:
+            self._first_step.start()
         for fraction, c_args, c_kwargs in split_batch(args, kwargs, max_batch_size):
             with grad_context(), self.accelerator.autocast():
                 out = call(*c_args, **c_kwargs)
@@ -192,6 +184,8 @@ class TrainerBase(_ExportMixin, nn.Module):
                 # always backward, even for a non-finite loss: under DDP every rank must reach the
                 # gradient all-reduce; the step is then skipped on all ranks in `update`
                 self.accelerator.backward(loss / self.gradient_accumulation_steps)
+        if self.training:
+            self._first_step.stop(self.device)
         return total, extras
 
     # ------------------------------------------------------------------ update helpers
@@ -234,6 +228,8 @@ class TrainerBase(_ExportMixin, nn.Module):
                 norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             elif scaler is None:
                 norm = torch.nn.utils.get_total_norm(grads)
+            if norm is not None:
+                norm = to_full_tensor(norm)  # sharded gradients: the norm over all ranks
         bad = self._pending_nonfinite
         if norm is not None and scaler is None and not torch.isfinite(torch.as_tensor(norm)).item():
             bad = True
@@ -359,18 +355,26 @@ class TrainerBase(_ExportMixin, nn.Module):
             CheckpointWriteError: the write failed (rolled back; earlier checkpoints intact).
         """
         path = Path(path)
-        self._check_finite_params(self._online_module(), self._kind)
+        if not self.sharded:
+            self._check_finite_params(self._online_module(), self._kind)
         rng = self._gather_rng_states()
+        # sharded: every rank takes part in gathering the full states; the main process writes them
+        model_state = self._online_state() if self.sharded else None
+        optimizer_state = self._optimizer_state() if self.sharded else None
         exact = path.suffix != "" or (path / MANIFEST).exists()
         written, error = None, None
         if self.is_main_process:
             try:
+                if model_state is None:
+                    model_state = self._model_state()
+                else:
+                    check_finite_state(model_state, self._kind)
                 written = save_checkpoint(
                     path,
                     step=self._checkpoint_step(),
-                    model_state=self._model_state(),
+                    model_state=model_state,
                     ema_state=self._ema_state(),
-                    optimizer_state=self._optimizer_state(),
+                    optimizer_state=optimizer_state if optimizer_state is not None else self._optimizer_state(),
                     rng_state=rng,
                     trainer_state=self._trainer_state(metadata),
                     keep_last=keep_last if keep_last is not None else self.keep_last_checkpoints,

@@ -19,6 +19,7 @@ from dalle2_pytorch.training.base import TrainerBase
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
 from dalle2_pytorch.training.ema import ema_state_dict, load_ema_state_dict, make_ema, pop_prefixed
 from dalle2_pytorch.training.optim import get_lr_scheduler, get_optimizer
+from dalle2_pytorch.training.performance import enable_gradient_checkpointing, to_channels_last
 from dalle2_pytorch.training.prior_trainer import eval_mode
 from dalle2_pytorch.training.reference_files import (
     convert_reference_unet_state,
@@ -44,13 +45,21 @@ class DecoderTrainer(TrainerBase):
         use_ema: keep one EMA per trained unet (used by `sample` and exports).
         lr, wd, eps, warmup_steps, cosine_decay_max_steps: one value or one per unet.
         max_grad_norm: per-unet gradient-norm clip (over that unet's parameters only); None: off.
-        amp: mixed precision through accelerate (True → bf16 where supported, or 'fp16'/'bf16').
+        amp: mixed precision through accelerate: "auto" (default: bf16 on GPUs with native bf16,
+            float32 on CPU and older GPUs, the launcher's choice when it made one), True (bf16 where
+            supported, else fp16), False, or "no" / "fp16" / "bf16".
         unet_training_mask: one bool per unet; unets marked False (and parameter-less unets such
             as `nn.Identity`) get no optimiser, scheduler or EMA and are frozen.
         gradient_accumulation_steps: optimiser step every this many `update(unet)` calls.
         keep_last_checkpoints: checkpoints kept under a root by `save`.
-        **kwargs: `ema_*` → `ema_pytorch.EMA`, `accelerator_*` → `Accelerator`, `betas` → the
-            optimisers. Anything else: TypeError.
+        compile: torch.compile the trained unets: False, True / "blocks" (each resnet and attention
+            block), "model" (each unet whole); see `training.performance`. The first training step
+            includes the compilation (`compile_seconds`).
+        channels_last: store the unets (and their EMA copies) channels-last, the layout of cuDNN's
+            bf16 convolutions (pays on GPUs, mostly together with `compile`).
+        gradient_checkpointing: turn on the unets' `checkpoint_during_training`.
+        **kwargs: `ema_*` → `ema_pytorch.EMA`, `accelerator_*` → `Accelerator`, `betas` / `fused`
+            → the optimisers (`get_optimizer`). Anything else: TypeError.
     """
 
     _kind = "decoder"
@@ -67,12 +76,15 @@ class DecoderTrainer(TrainerBase):
         warmup_steps: int | None | Sequence[int | None] = None,
         cosine_decay_max_steps: int | None | Sequence[int | None] = None,
         max_grad_norm: float | None = 0.5,
-        amp: bool | str = False,
+        amp: bool | str = "auto",
         group_wd_params: bool = True,
         *,
         unet_training_mask: Sequence[bool] | None = None,
         gradient_accumulation_steps: int = 1,
         keep_last_checkpoints: int = 2,
+        compile: bool | str = False,
+        channels_last: bool = False,
+        gradient_checkpointing: bool = False,
         device: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -99,12 +111,19 @@ class DecoderTrainer(TrainerBase):
             cosine_decay_max_steps=list(cosines), max_grad_norm=max_grad_norm, amp=amp,
             group_wd_params=group_wd_params, unet_training_mask=[bool(m) for m in mask],
             gradient_accumulation_steps=gradient_accumulation_steps, ema=ema_kwargs, optimizer=optimizer_kwargs,
+            compile=compile, channels_last=channels_last, gradient_checkpointing=gradient_checkpointing,
         )
 
         decoder = decoder.to(self.device)
         self.trained_unets = tuple(bool(m) and _has_params(u) for m, u in zip(mask, decoder.unets))
         if not any(self.trained_unets):
             raise ValueError("DecoderTrainer has no unet to train (all masked out or parameter-less)")
+        trained = [u for u, t in zip(decoder.unets, self.trained_unets) if t]
+        if channels_last:  # before the EMA copies, so that sampling with them is channels-last too
+            to_channels_last(trained)
+        if gradient_checkpointing:
+            for unet in trained:
+                enable_gradient_checkpointing(unet)
         optimizers: list[torch.optim.Optimizer | None] = []
         self.schedulers: list[Any] = []
         emas: list[nn.Module] = []
@@ -123,6 +142,9 @@ class DecoderTrainer(TrainerBase):
             self.schedulers.append(get_lr_scheduler(opt, warmups[i], cosines[i]))
             emas.append(make_ema(unet, **ema_kwargs) if use_ema else nn.Identity())
         self.ema_unets = nn.ModuleList(emas)
+        self._compile(trained, compile)  # after the EMA copies: only the trained unets are compiled
+        frozen = [u for u, t in zip(decoder.unets, self.trained_unets) if not t]
+        self._prepare_sharding(decoder, use_ema, frozen=frozen)
 
         prepared = self.accelerator.prepare(decoder, *[o for o in optimizers if o is not None])
         self.decoder = prepared[0]
@@ -219,9 +241,9 @@ class DecoderTrainer(TrainerBase):
         bad = self._clip_and_check(optimizer, params, self.max_grad_norm)
         if self._handle_nonfinite(bad, optimizer, f"unet {index + 1} step {int(self.steps[index])}"):
             return
-        optimizer.step()
+        stepped = self._optimizer_step(optimizer)
         optimizer.zero_grad(set_to_none=True)
-        if not getattr(optimizer, "step_was_skipped", False):
+        if stepped:
             self.schedulers[index].step()
         if self._has_ema(index):
             self.ema_unets[index].update()
@@ -239,7 +261,7 @@ class DecoderTrainer(TrainerBase):
                 for i in range(self.num_unets):
                     if self._has_ema(i):
                         decoder.unets[i] = self.ema_unets[i].ema_model
-            with eval_mode(decoder):
+            with self._full_params(decoder) if use_non_ema else contextlib.nullcontext(), eval_mode(decoder):
                 yield decoder
         finally:
             for i, unet in enumerate(originals):
@@ -304,7 +326,7 @@ class DecoderTrainer(TrainerBase):
     def _optimizer_state(self) -> dict[str, Any]:
         scaler = self.accelerator.scaler
         return {
-            "optimizers": [o.state_dict() if o is not None else None for o in self.optimizers],
+            "optimizers": [self._optimizer_state_dict(o) if o is not None else None for o in self.optimizers],
             "schedulers": [s.state_dict() if s is not None else None for s in self.schedulers],
             "scaler": scaler.state_dict() if scaler is not None else None,
         }
@@ -314,7 +336,7 @@ class DecoderTrainer(TrainerBase):
         return {"step": max(steps), "steps": steps}
 
     def _load_weights(self, model: dict, ema: dict, strict: bool) -> None:
-        self.unwrapped_decoder.load_state_dict(model, strict=strict)
+        self._load_online_state(self.unwrapped_decoder, model, strict)
         for i in range(self.num_unets):
             if not self._has_ema(i):
                 continue
@@ -324,7 +346,8 @@ class DecoderTrainer(TrainerBase):
                 load_ema_state_dict(self.ema_unets[i], part, strict=strict)
             else:
                 warnings.warn(f"checkpoint has no EMA state for unet {i + 1}; EMA re-initialised from its weights", stacklevel=3)
-                self.ema_unets[i].ema_model.load_state_dict(self.unwrapped_decoder.unets[i].state_dict())
+                own = f"unets.{i}."
+                self.ema_unets[i].ema_model.load_state_dict({k[len(own):]: v for k, v in model.items() if k.startswith(own)})
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
         for i in range(self.num_unets):
@@ -334,7 +357,7 @@ class DecoderTrainer(TrainerBase):
             if opt_state is None:
                 warnings.warn(f"checkpoint has no optimizer state for unet {i + 1}; it starts fresh", stacklevel=3)
                 continue
-            self.optimizers[i].load_state_dict(opt_state)
+            self._load_optimizer_state_dict(self.optimizers[i], opt_state)
             self.schedulers[i].load_state_dict(sched_state)
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
@@ -351,7 +374,7 @@ class DecoderTrainer(TrainerBase):
             raise ValueError(f"{path} is neither a dalle2_pytorch checkpoint directory nor a reference decoder file with a 'model' entry")
         decoder = self.unwrapped_decoder
         online = match_reference_state_dict(obj["model"], decoder, f"{path} ['model']", strict)
-        decoder.load_state_dict(online, strict=False)
+        self._load_online_state(decoder, online, strict=False)
         ema_obj = obj.get("ema") or {}
         for i in range(self.num_unets):
             if not self._has_ema(i):
@@ -364,7 +387,8 @@ class DecoderTrainer(TrainerBase):
                 part = match_reference_state_dict(part, ema.ema_model, f"{path} ['ema'] unet {i + 1}", strict)
                 ema.ema_model.load_state_dict(part, strict=False)
             else:
-                ema.ema_model.load_state_dict(decoder.unets[i].state_dict())
+                own = f"unets.{i}."
+                ema.ema_model.load_state_dict({k[len(own):]: v for k, v in online.items() if k.startswith(own)}, strict=False)
             ema.initted.fill_(True)
             if f"{i}.step" in ema_obj:
                 ema.step.fill_(int(ema_obj[f"{i}.step"]))

@@ -17,7 +17,27 @@ import torch
 from ema_pytorch import EMA
 from torch import nn
 
-__all__ = ["EMA", "ema_state_dict", "load_ema_state_dict", "make_ema", "pop_prefixed", "valid_ema_kwargs"]
+__all__ = [
+    "EMA",
+    "FullParamEMA",
+    "ema_state_dict",
+    "load_ema_state_dict",
+    "make_ema",
+    "pop_prefixed",
+    "valid_ema_kwargs",
+]
+
+
+class FullParamEMA(EMA):
+    """`ema_pytorch.EMA` whose online model may be sharded (FSDP2): its DTensor parameters are
+    gathered whole as the EMA reads them (a collective: every rank updates together, which the
+    trainers do), so the EMA copy stays a full model on every rank. Unsharded models are read as is."""
+
+    def get_params_iter(self, model):
+        from dalle2_pytorch.training.sharding import to_full_tensor
+
+        for name, param in super().get_params_iter(model):
+            yield name, to_full_tensor(param)
 
 
 def pop_prefixed(kwargs: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -44,7 +64,7 @@ def make_ema(model: nn.Module, **ema_kwargs: Any) -> EMA:
     if unknown:
         raise TypeError(f"unknown EMA option(s): {', '.join('ema_' + k for k in unknown)}")
     ema_kwargs.setdefault("include_online_model", False)
-    return EMA(model, **ema_kwargs)
+    return FullParamEMA(model, **ema_kwargs)
 
 
 def ema_state_dict(ema: EMA, prefix: str = "") -> dict[str, torch.Tensor]:

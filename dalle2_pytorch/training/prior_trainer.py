@@ -18,6 +18,7 @@ from dalle2_pytorch.training.base import TrainerBase
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
 from dalle2_pytorch.training.ema import ema_state_dict, load_ema_state_dict, make_ema, pop_prefixed
 from dalle2_pytorch.training.optim import get_lr_scheduler, get_optimizer
+from dalle2_pytorch.training.performance import enable_gradient_checkpointing
 from dalle2_pytorch.training.reference_files import match_reference_state_dict, reference_metadata
 
 __all__ = ["DiffusionPriorTrainer"]
@@ -45,12 +46,19 @@ class DiffusionPriorTrainer(TrainerBase):
         max_grad_norm: clip the gradient norm to this value (None: no clipping).
         warmup_steps: linear LR warm-up length in optimiser steps.
         cosine_decay_max_steps: cosine-decay the LR to 0 over this many optimiser steps.
-        amp: mixed precision through accelerate (True → bf16 where supported, or 'fp16'/'bf16').
+        amp: mixed precision through accelerate: "auto" (default: bf16 on GPUs with native bf16,
+            float32 on CPU and older GPUs, the launcher's choice when it made one), True (bf16 where
+            supported, else fp16), False, or "no" / "fp16" / "bf16".
         gradient_accumulation_steps: optimiser step every this many `update()` calls.
         keep_last_checkpoints: checkpoints kept under a root by `save`.
+        compile: torch.compile the prior network: False, True / "blocks" (each transformer layer's
+            attention and feed-forward), "model" (the whole network); see `training.performance`.
+            The first training step includes the compilation (`compile_seconds`).
+        gradient_checkpointing: recompute each transformer layer in backward (less activation memory).
         device: accepted for compatibility; the accelerator decides the device.
         **kwargs: `ema_*` → `ema_pytorch.EMA` (beta, update_after_step, update_every, ...),
-            `accelerator_*` → `Accelerator`, `betas` → the optimiser. Anything else: TypeError.
+            `accelerator_*` → `Accelerator`, `betas` / `fused` → the optimiser (`get_optimizer`).
+            Anything else: TypeError.
     """
 
     _kind = "prior"
@@ -68,9 +76,11 @@ class DiffusionPriorTrainer(TrainerBase):
         warmup_steps: int | None = None,
         cosine_decay_max_steps: int | None = None,
         *,
-        amp: bool | str = False,
+        amp: bool | str = "auto",
         gradient_accumulation_steps: int = 1,
         keep_last_checkpoints: int = 2,
+        compile: bool | str = False,
+        gradient_checkpointing: bool = False,
         device: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -92,15 +102,19 @@ class DiffusionPriorTrainer(TrainerBase):
             group_wd_params=group_wd_params, warmup_steps=warmup_steps,
             cosine_decay_max_steps=cosine_decay_max_steps, amp=amp,
             gradient_accumulation_steps=gradient_accumulation_steps,
-            ema=ema_kwargs, optimizer=optimizer_kwargs,
+            ema=ema_kwargs, optimizer=optimizer_kwargs, compile=compile, gradient_checkpointing=gradient_checkpointing,
         )
 
         prior = diffusion_prior.to(self.device)
+        if gradient_checkpointing and not enable_gradient_checkpointing(prior):
+            raise ValueError("gradient_checkpointing=True but the prior has no CausalTransformer to checkpoint")
         self.ema_diffusion_prior = make_ema(prior, **ema_kwargs) if use_ema else None
         optimizer = get_optimizer(
             prior.parameters(), lr=lr, wd=wd, eps=eps, group_wd_params=group_wd_params, **optimizer_kwargs
         )
         self.scheduler = get_lr_scheduler(optimizer, warmup_steps, cosine_decay_max_steps)
+        self._compile([prior], compile)  # after the EMA copy: only the trained network is compiled
+        self._prepare_sharding(prior, use_ema)
         self.diffusion_prior, self.optimizer = self.accelerator.prepare(prior, optimizer)
         self.register_buffer("step", torch.tensor([0]))
 
@@ -148,9 +162,9 @@ class DiffusionPriorTrainer(TrainerBase):
         bad = self._clip_and_check(self.optimizer, params, self.max_grad_norm)
         if self._handle_nonfinite(bad, self.optimizer, f"prior step {self.num_steps_taken()}"):
             return
-        self.optimizer.step()
+        stepped = self._optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
-        if not getattr(self.optimizer, "step_was_skipped", False):
+        if stepped:
             self.scheduler.step()
         if self.use_ema:
             self.ema_diffusion_prior.update()
@@ -163,7 +177,7 @@ class DiffusionPriorTrainer(TrainerBase):
         """`DiffusionPrior.p_sample_loop` of the EMA model (online model without EMA)."""
         model = self._sampling_model()
         args, kwargs = cast_inputs(args, kwargs, self.device)
-        with eval_mode(model):
+        with self._full_params(model), eval_mode(model):
             return model.p_sample_loop(*args, **kwargs)
 
     @torch.no_grad()
@@ -176,7 +190,7 @@ class DiffusionPriorTrainer(TrainerBase):
         model = self._sampling_model(use_non_ema)
         args, kwargs = cast_inputs(args, kwargs, self.device)
         outputs = []
-        with eval_mode(model):
+        with self._full_params(model), eval_mode(model):
             for _, c_args, c_kwargs in split_batch(args, kwargs, max_batch_size):
                 outputs.append(model.sample(*c_args, **c_kwargs))
         return torch.cat(outputs, dim=0)
@@ -186,7 +200,7 @@ class DiffusionPriorTrainer(TrainerBase):
         """`DiffusionPrior.sample_batch_size` of the EMA model (online model without EMA)."""
         model = self._sampling_model()
         args, kwargs = cast_inputs(args, kwargs, self.device)
-        with eval_mode(model):
+        with self._full_params(model), eval_mode(model):
             return model.sample_batch_size(*args, **kwargs)
 
     @torch.no_grad()
@@ -209,7 +223,7 @@ class DiffusionPriorTrainer(TrainerBase):
     def _optimizer_state(self) -> dict[str, Any]:
         scaler = self.accelerator.scaler
         return {
-            "optimizers": [self.optimizer.state_dict()],
+            "optimizers": [self._optimizer_state_dict(self.optimizer)],
             "schedulers": [self.scheduler.state_dict()],
             "scaler": scaler.state_dict() if scaler is not None else None,
         }
@@ -218,7 +232,7 @@ class DiffusionPriorTrainer(TrainerBase):
         return {"step": self.num_steps_taken()}
 
     def _load_weights(self, model: dict, ema: dict, strict: bool) -> None:
-        self.unwrapped_prior.load_state_dict(model, strict=strict)
+        self._load_online_state(self.unwrapped_prior, model, strict)
         if self.use_ema:
             if ema:
                 load_ema_state_dict(self.ema_diffusion_prior, ema, strict=strict)
@@ -227,7 +241,7 @@ class DiffusionPriorTrainer(TrainerBase):
                 self.ema_diffusion_prior.ema_model.load_state_dict(model, strict=strict)
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizers"][0])
+        self._load_optimizer_state_dict(self.optimizer, state["optimizers"][0])
         self.scheduler.load_state_dict(state["schedulers"][0])
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
@@ -256,7 +270,7 @@ class DiffusionPriorTrainer(TrainerBase):
             raise ValueError(f"{path} is neither a dalle2_pytorch checkpoint directory nor a reference prior file with a 'model' entry")
         prior = self.unwrapped_prior
         online = match_reference_state_dict(obj["model"], prior, f"{path} ['model']", strict)
-        prior.load_state_dict(online, strict=False)
+        self._load_online_state(prior, online, strict=False)
         if self.use_ema:
             ema_source = obj.get("ema_model", obj["model"])
             ema_sd = match_reference_state_dict(ema_source, prior, f"{path} ['ema_model']", strict)

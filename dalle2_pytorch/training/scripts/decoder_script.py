@@ -126,6 +126,7 @@ def build_trainer(config: TrainDecoderConfig, accelerator: Any) -> DecoderTraine
         cosine_decay_max_steps=t.cosine_decay_max_steps, max_grad_norm=_single_grad_norm(t.max_grad_norm),
         amp=t.amp, unet_training_mask=t.unet_training_mask, ema_beta=t.ema_beta,
         ema_update_after_step=t.ema_update_after_step, ema_update_every=t.ema_update_every,
+        compile=t.compile, channels_last=t.channels_last, gradient_checkpointing=t.gradient_checkpointing,
     )
 
 
@@ -238,6 +239,7 @@ class _DecoderLoop(ScriptLoop):
         self.metrics_log: MetricsLog | None = None
         self.skipped = loaders["train"].skipped
         self.stop = GracefulStop()
+        self.compile_logged = False
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -331,6 +333,9 @@ class _DecoderLoop(ScriptLoop):
         values["data/skipped_shards"] = self.skipped.shards
         if self.trainer.num_nonfinite_skips > skips_before:
             values["train/skipped_step"] = True
+        if self.trainer.compile_seconds is not None and not self.compile_logged:
+            values["train/compile_seconds"] = self.trainer.compile_seconds
+            self.compile_logged = True
         self.log(values, console=self.step % self.options.log_every == 0)
 
     # ------------------------------------------------------------------ evaluation

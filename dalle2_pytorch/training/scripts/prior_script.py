@@ -125,6 +125,7 @@ def build_trainer(config: TrainDiffusionPriorConfig, accelerator: Any) -> Diffus
         prior, accelerator=accelerator, use_ema=t.use_ema, lr=t.lr, wd=t.wd, max_grad_norm=t.max_grad_norm,
         warmup_steps=t.warmup_steps, cosine_decay_max_steps=t.cosine_decay_max_steps, amp=t.amp,
         ema_beta=t.ema_beta, ema_update_after_step=t.ema_update_after_step, ema_update_every=t.ema_update_every,
+        compile=t.compile, gradient_checkpointing=t.gradient_checkpointing,
     )
 
 
@@ -213,6 +214,7 @@ class _PriorLoop(ScriptLoop):
         self.config_dump = config.model_dump(mode="json")
         self.start_time = time.time()
         self._last_eval: tuple[int, bool] | None = None  # (step, was best) of the latest evaluation
+        self.compile_logged = False
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -282,6 +284,9 @@ class _PriorLoop(ScriptLoop):
             logger.warning("step skipped: non-finite loss %s (the weights were not updated)", loss)
         if self.trainer.use_ema:
             values["train/ema_decay"] = float(self.trainer.ema_diffusion_prior.get_current_decay())
+        if self.trainer.compile_seconds is not None and not self.compile_logged:
+            values["train/compile_seconds"] = self.trainer.compile_seconds
+            self.compile_logged = True
         self.log(values, console=self.step % self.options.log_every == 0)
 
     # ------------------------------------------------------------------ evaluation

@@ -67,8 +67,11 @@ def build_accelerator(
     find_unused_parameters: bool = True,
     static_graph: bool = False,
 ) -> Accelerator:
-    """An `Accelerator` with the run's mixed precision and DDP settings."""
-    mixed = resolve_mixed_precision(amp) or "no"
+    """An `Accelerator` with the run's mixed precision and DDP settings (`amp="auto"` leaves an
+    unresolved choice to the launcher's config, see `resolve_mixed_precision`)."""
+    mixed = resolve_mixed_precision(amp, cpu=cpu)
+    if mixed is None and amp != "auto":
+        mixed = "no"
     handler = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters, static_graph=static_graph)
     return Accelerator(cpu=cpu, mixed_precision=mixed, kwargs_handlers=[handler])
 
