@@ -78,9 +78,6 @@ def validate_args(args: argparse.Namespace) -> None:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise DreamError(f"--output {out} is an existing file; give a folder (created if missing) for the images")
-    for path in args.image or ():
-        if not Path(path).is_file():
-            raise DreamError(f"--image {path}: file not found")
     _check_sampler(args.sampler)
     _check_sampler(args.prior_sampler)
 
@@ -200,6 +197,9 @@ def generate(args) -> list[Path]:
     validate_args(args)
     prompts = _read_prompts(args)
     mode = cli_modes.check_arguments(args, prompts)
+    for path in args.image or ():
+        if not Path(path).is_file():
+            raise DreamError(f"--image {path}: file not found")
     if mode == "replay":
         return cli_modes.replay(args, load_models)
     prior, decoder, _ = load_models(

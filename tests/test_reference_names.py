@@ -156,7 +156,9 @@ def test_train_diffusion_prior_script_is_train_prior():
 
     assert train_diffusion_prior.cli is train_prior.cli
     assert (root / "train_diffusion_prior.py").is_file()
-    with pytest.raises(SystemExit):  # argparse: --config_file is required
+    from dalle2_pytorch.command_line import UsageError
+
+    with pytest.raises(UsageError, match="--config_file"):  # the same one-line argument error
         train_diffusion_prior.main([])
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
 from dalle2_pytorch.integrity import NonFiniteTensorError
 from dalle2_pytorch.training.checkpoint import MANIFEST, CheckpointWriteError, load_checkpoint, save_checkpoint
+from dalle2_pytorch.training.ema import pop_prefixed
 from dalle2_pytorch.training.performance import FirstStepTimer
 from dalle2_pytorch.training.precision import AMP_CHOICES, resolve_mixed_precision
 from dalle2_pytorch.training.sharding import check_sharding_support, to_full_tensor
@@ -295,14 +296,28 @@ class TrainerBase(_ExportMixin, ParallelMixin, nn.Module):
                 error.exit_status = 3  # failed while running (the commands' exit status)
                 raise error
 
-    @staticmethod
-    def _split_optimizer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {k: kwargs.pop(k) for k in _OPTIMIZER_KWARGS if k in kwargs}
-
-    @staticmethod
-    def _reject_unknown(kwargs: dict[str, Any], cls_name: str) -> None:
+    def _init_trainer(
+        self,
+        kwargs: dict[str, Any],
+        *,
+        accelerator: Accelerator | None,
+        amp: bool | str | None,
+        device: Any,
+        gradient_accumulation_steps: int,
+        max_grad_norm: float | None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The trainers' shared preamble: splits the reference's prefixed keyword arguments
+        (`ema_*`, `accelerator_*`, optimiser options), refuses any other, checks `max_grad_norm`
+        and sets up the accelerator. Returns (ema kwargs, optimiser kwargs)."""
+        ema_kwargs = pop_prefixed(kwargs, "ema_")
+        accelerator_kwargs = pop_prefixed(kwargs, "accelerator_")
+        optimizer_kwargs = {k: kwargs.pop(k) for k in _OPTIMIZER_KWARGS if k in kwargs}
         if kwargs:
-            raise TypeError(f"{cls_name} got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
+        self._init_common(accelerator, accelerator_kwargs, amp, device, gradient_accumulation_steps, True)
+        return ema_kwargs, optimizer_kwargs
 
     # ------------------------------------------------------------------ save / load (shared flow)
 

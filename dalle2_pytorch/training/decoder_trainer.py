@@ -17,7 +17,7 @@ from dalle2_pytorch._helpers import cast_tuple
 from dalle2_pytorch.serialization import safe_torch_load
 from dalle2_pytorch.training.base import TrainerBase
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
-from dalle2_pytorch.training.ema import ema_state_dict, load_ema_state_dict, make_ema, pop_prefixed
+from dalle2_pytorch.training.ema import ema_state_dict, load_ema_state_dict, make_ema
 from dalle2_pytorch.training.optim import get_lr_scheduler, get_optimizer
 from dalle2_pytorch.training.performance import enable_gradient_checkpointing, to_channels_last
 from dalle2_pytorch.training.prior_trainer import eval_mode
@@ -91,13 +91,10 @@ class DecoderTrainer(TrainerBase):
         super().__init__()
         if not isinstance(decoder, nn.Module) or not hasattr(decoder, "unets"):
             raise TypeError(f"decoder must be a Decoder (an nn.Module with .unets), got {type(decoder).__name__}")
-        ema_kwargs = pop_prefixed(kwargs, "ema_")
-        accelerator_kwargs = pop_prefixed(kwargs, "accelerator_")
-        optimizer_kwargs = self._split_optimizer_kwargs(kwargs)
-        self._reject_unknown(kwargs, type(self).__name__)
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
-        self._init_common(accelerator, accelerator_kwargs, amp, device, gradient_accumulation_steps, True)
+        ema_kwargs, optimizer_kwargs = self._init_trainer(
+            kwargs, accelerator=accelerator, amp=amp, device=device,
+            gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm,
+        )
 
         self.num_unets = n = len(decoder.unets)
         lrs, wds, epss = (cast_tuple(v, n) for v in (lr, wd, eps))

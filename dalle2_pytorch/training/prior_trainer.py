@@ -16,7 +16,7 @@ from torch import nn
 from dalle2_pytorch.serialization import safe_torch_load
 from dalle2_pytorch.training.base import TrainerBase
 from dalle2_pytorch.training.batching import cast_inputs, split_batch
-from dalle2_pytorch.training.ema import ema_state_dict, load_ema_state_dict, make_ema, pop_prefixed
+from dalle2_pytorch.training.ema import ema_state_dict, load_ema_state_dict, make_ema
 from dalle2_pytorch.training.optim import get_lr_scheduler, get_optimizer
 from dalle2_pytorch.training.performance import enable_gradient_checkpointing
 from dalle2_pytorch.training.reference_files import match_reference_state_dict, reference_metadata
@@ -87,13 +87,10 @@ class DiffusionPriorTrainer(TrainerBase):
         super().__init__()
         if not isinstance(diffusion_prior, nn.Module):
             raise TypeError(f"diffusion_prior must be an nn.Module, got {type(diffusion_prior).__name__}")
-        ema_kwargs = pop_prefixed(kwargs, "ema_")
-        accelerator_kwargs = pop_prefixed(kwargs, "accelerator_")
-        optimizer_kwargs = self._split_optimizer_kwargs(kwargs)
-        self._reject_unknown(kwargs, type(self).__name__)
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
-        self._init_common(accelerator, accelerator_kwargs, amp, device, gradient_accumulation_steps, True)
+        ema_kwargs, optimizer_kwargs = self._init_trainer(
+            kwargs, accelerator=accelerator, amp=amp, device=device,
+            gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm,
+        )
         self.use_ema = use_ema
         self.max_grad_norm = max_grad_norm
         self.keep_last_checkpoints = keep_last_checkpoints

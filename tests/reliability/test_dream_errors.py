@@ -27,7 +27,7 @@ BAD = {
     "absurd image count": (["a cat", "-n", "99999999", "--device", "cpu"], "images per prompt"),
     "not a number": (["a cat", "--num-images", "two", "--device", "cpu"], "invalid int value: 'two'"),
     "unknown option": (["a cat", "--colour", "red", "--device", "cpu"], "unrecognized arguments"),
-    "prompts and images": (["a cat", "--image", "x.png", "--device", "cpu"], "not both"),
+    "prompts and images": (["a cat", "--image", "x.png", "--device", "cpu"], "prompts are not used by --image variations"),
     "missing image": (["--image", "nowhere.png", "--device", "cpu"], "--image nowhere.png: file not found"),
     "missing prompts file": (["--prompts-file", "nowhere.txt", "--device", "cpu"], "prompts file not found"),
     "no prompt at all": (["--device", "cpu"], "give at least one prompt"),
