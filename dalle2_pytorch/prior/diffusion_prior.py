@@ -40,6 +40,7 @@ from dalle2_pytorch.diffusion import (
     sample as run_sampler,
 )
 from dalle2_pytorch.diffusion.steps import check_steps, reference_sampler, resolve_steps
+from dalle2_pytorch.prior.conditioning import negative_condition, repeat_condition, text_condition
 from dalle2_pytorch.progress import ProgressBar, progress_enabled
 from dalle2_pytorch.rng import randn_tensor
 
@@ -183,23 +184,7 @@ class DiffusionPrior(nn.Module):
         return out.text_embed, out.text_encodings
 
     def _text_cond(self, text_embed: torch.Tensor, text_encodings: torch.Tensor | None) -> dict:
-        if text_embed.ndim != 2 or text_embed.shape[-1] != self.image_embed_dim:
-            raise ValueError(
-                f"text_embed must have shape (batch, {self.image_embed_dim}), got {tuple(text_embed.shape)}"
-            )
-        cond = {"text_embed": text_embed}
-        if self.condition_on_text_encodings:
-            if text_encodings is None:
-                raise ValueError(
-                    "this prior is conditioned on text encodings (condition_on_text_encodings=True): pass raw "
-                    "`text` with a CLIP attached, or `text_encodings` (batch, tokens, dim)"
-                )
-            if text_encodings.shape[0] != text_embed.shape[0]:
-                raise ValueError(
-                    f"text_encodings batch ({text_encodings.shape[0]}) != text_embed batch ({text_embed.shape[0]})"
-                )
-            cond["text_encodings"] = text_encodings
-        return cond
+        return text_condition(text_embed, text_encodings, self.image_embed_dim, self.condition_on_text_encodings)
 
     # ---------------------------------------------------------------------------------- training
     def forward(
@@ -445,12 +430,12 @@ class DiffusionPrior(nn.Module):
         if text_embed is None:
             raise ValueError("sample needs `text` or `text_embed`")
         b, r = text_embed.shape[0], num_samples_per_batch
-        cond = _repeat_cond(text_embed, text_encodings, r)
+        cond = repeat_condition(text_embed, text_encodings, r)
         negative = self._negative_cond(negative_prompt, negative_text_embed, negative_text_encodings, b)
         embeds = self.p_sample_loop(
             (b * r, self.image_embed_dim), cond, cond_scale, timesteps, steps=steps, sampler=sampler,
             generator=generator, eta=eta, callback=callback, progress=progress,
-            negative_cond=None if negative is None else _repeat_cond(*negative, r),
+            negative_cond=None if negative is None else repeat_condition(*negative, r),
         )
         if r == 1:
             return embeds
@@ -463,28 +448,7 @@ class DiffusionPrior(nn.Module):
         self, prompt: Any, text_embed: torch.Tensor | None, text_encodings: torch.Tensor | None, batch: int
     ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """(text_embed (batch, d), text_encodings or None) of negative prompts, or None."""
-        if prompt is None and text_embed is None:
-            if text_encodings is not None:
-                raise ValueError("negative_text_encodings needs negative_text_embed")
-            return None
-        if prompt is not None:
-            if text_embed is not None:
-                raise ValueError("give either negative_prompt or negative_text_embed, not both")
-            if isinstance(prompt, str) or (not torch.is_tensor(prompt) and len(list(prompt)) == 1):
-                texts = [prompt] if isinstance(prompt, str) else list(prompt)
-                if not texts[0].strip():
-                    raise ValueError("negative_prompt must be a non-empty string")
-                prompt = texts * batch
-            elif not torch.is_tensor(prompt) and any(not isinstance(t, str) or not t.strip() for t in prompt):
-                raise ValueError("negative prompts must be non-empty strings")
-            text_embed, encodings = self.embed_text(prompt)
-            text_encodings = default(text_encodings, encodings)
-        if text_embed.shape[0] == 1 and batch > 1:
-            text_embed = text_embed.expand(batch, -1)
-            text_encodings = None if text_encodings is None else text_encodings.expand(batch, -1, -1)
-        if text_embed.shape[0] != batch:
-            raise ValueError(f"{text_embed.shape[0]} negative prompts given for {batch} captions")
-        return text_embed, (text_encodings if self.condition_on_text_encodings else None)
+        return negative_condition(prompt, text_embed, text_encodings, batch, self.embed_text, self.condition_on_text_encodings)
 
     # ------------------------------------------------------------------------------- checkpoints
     @classmethod
@@ -504,10 +468,3 @@ class DiffusionPrior(nn.Module):
         :func:`dalle2_pytorch.compat.pretrained.load_prior`."""
         return importlib.import_module("dalle2_pytorch.compat.pretrained").load_prior(name_or_path, **kwargs)
 
-
-def _repeat_cond(text_embed: torch.Tensor, text_encodings: torch.Tensor | None, r: int) -> dict:
-    """Text conditioning with every row repeated r times (r candidates per caption)."""
-    cond = {"text_embed": text_embed.repeat_interleave(r, dim=0)}
-    if text_encodings is not None:
-        cond["text_encodings"] = text_encodings.repeat_interleave(r, dim=0)
-    return cond
