@@ -6,8 +6,13 @@
     dream --image photo.png --model-dir demo_output/models --output variations/   # image variations
 
 A model folder holds `dalle2.json` (`{"prior": "prior", "decoder": "decoder", "clip": {...}}`, paths
-relative to the folder) or the subfolders `prior/`, `decoder/` (our safetensors exports) and `clip/` (a
-saved x-clip model). `--prior` / `--decoder` also take reference or LAION checkpoint files.
+relative to the folder, and optionally `"defaults"`: the sampling settings used unless a flag is given,
+e.g. `{"cond_scale": 2.0, "prior_candidates": 16}`) or the subfolders `prior/`, `decoder/` (our
+safetensors exports) and `clip/` (a saved small-CLIP or x-clip model). `--prior` / `--decoder` also
+take reference or LAION checkpoint files.
+
+Text -> image from a saved CLIP folder imports neither x-clip nor torchvision nor pydantic and does not
+build the CLIP's image tower (it is built on first use, for `--image`): see docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ __all__ = ["dream", "load_models", "main"]
 logger = logging.getLogger("dalle2_pytorch.dream")
 
 MODEL_INDEX = "dalle2.json"
+_FOLDER_MAKES = ("x-clip", "x_clip", "small-clip")
+#: built-in sampling defaults (a model folder's `dalle2.json` "defaults" come first)
+_DEFAULTS = {"cond_scale": 1.0, "prior_cond_scale": 1.0, "prior_candidates": 2}
 
 
 class DreamError(Exception):
@@ -56,7 +64,7 @@ def _parse_clip_spec(spec: str | dict | None, base: Path | None) -> dict | None:
             except json.JSONDecodeError:
                 raise DreamError(f"--clip {spec!r} is neither a folder, a JSON file nor inline JSON") from None
     model = cfg.get("model")
-    if base is not None and cfg.get("make") in ("x-clip", "x_clip") and model and not Path(model).is_absolute():
+    if base is not None and cfg.get("make") in _FOLDER_MAKES and model and not Path(model).is_absolute():
         cfg["model"] = str(base / model)
     return cfg
 
@@ -64,6 +72,15 @@ def _parse_clip_spec(spec: str | dict | None, base: Path | None) -> dict | None:
 def _build_clip(spec: dict | None, device: str):
     if spec is None:
         return None
+    model = spec.get("model")
+    if spec.get("make") in _FOLDER_MAKES and model and (Path(model) / "clip_config.json").is_file() and set(spec) <= {"make", "model"}:
+        # a saved CLIP folder: loaded directly (no pydantic), the image tower only when an image is embedded
+        from dalle2_pytorch.clip_adapters.clip_folder import load_clip_folder
+
+        try:
+            return load_clip_folder(model, image_tower="lazy", device=device)
+        except (OSError, ValueError) as e:
+            raise DreamError(f"could not load the CLIP folder {model}: {e}") from e
     from dalle2_pytorch.config.clip import AdapterConfig
 
     try:
@@ -135,6 +152,19 @@ def load_models(
     return (None if prior_model is None else prior_model.to(device)), decoder_model.to(device), adapter
 
 
+def model_defaults(model_dir: str | Path | None) -> dict[str, Any]:
+    """Sampling defaults: the built-in ones updated with a model folder's `dalle2.json` "defaults"."""
+    out = dict(_DEFAULTS)
+    index = Path(model_dir) / MODEL_INDEX if model_dir is not None else None
+    if index is not None and index.is_file():
+        try:
+            given = json.loads(index.read_text()).get("defaults") or {}
+        except json.JSONDecodeError as e:
+            raise DreamError(f"{index} is not valid JSON: {e}") from e
+        out.update({k: v for k, v in given.items() if k in _DEFAULTS})
+    return out
+
+
 def _read_prompts(args) -> list[str]:
     prompts = list(args.prompts)
     if args.prompts_file:
@@ -171,6 +201,10 @@ def generate(args) -> list[Path]:
             raise DreamError(f"{flag} must be >= 1, got {value}")
     _check_sampler(args.sampler)
     _check_sampler(args.prior_sampler)
+    defaults = model_defaults(args.model_dir)
+    for name in _DEFAULTS:
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
     prior, decoder, clip = load_models(
         model_dir=args.model_dir, prior=args.prior, decoder=args.decoder, prior_config=args.prior_config,
         decoder_config=args.decoder_config, clip=args.clip, device=args.device,
@@ -257,14 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampler steps for prior and decoder (default: the models')")
     p.add_argument("--prior-steps", type=int, default=None, help="prior sampler steps (overrides --steps)")
     p.add_argument("--decoder-steps", type=int, default=None, help="decoder sampler steps per stage (overrides --steps)")
-    p.add_argument("--prior-cond-scale", type=float, default=1.0, help="prior classifier-free guidance scale")
-    p.add_argument("--cond-scale", "--decoder-cond-scale", dest="cond_scale", type=float, default=1.0,
-                   help="decoder classifier-free guidance scale")
+    p.add_argument("--prior-cond-scale", type=float, default=None,
+                   help="prior classifier-free guidance scale (default: the model folder's, else 1)")
+    p.add_argument("--cond-scale", "--decoder-cond-scale", dest="cond_scale", type=float, default=None,
+                   help="decoder classifier-free guidance scale (default: the model folder's, else 1)")
     p.add_argument("--sampler", "--decoder-sampler", dest="sampler", default=None,
                    help="decoder sampler: " + ", ".join(_sampler_names()) + ", optionally with a spacing after a colon "
                    "(dpmpp_2m:trailing, euler:karras); default: the model's own")
     p.add_argument("--prior-sampler", default=None, help="prior sampler (same names; default: the model's own)")
-    p.add_argument("--prior-candidates", type=int, default=2, help="prior samples per prompt, reranked by CLIP")
+    p.add_argument("--prior-candidates", type=int, default=None,
+                   help="prior samples per prompt, reranked by CLIP (default: the model folder's, else 2)")
     p.add_argument("--batch-size", type=int, default=8, help="images generated at once")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, mps, ...")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,

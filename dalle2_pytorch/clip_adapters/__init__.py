@@ -2,7 +2,9 @@
 
 * :class:`XClipAdapter` wraps an `x_clip.CLIP` (trainable CLIP, `dalle2_pytorch.CLIP`);
 * :class:`OpenClipAdapter` wraps any open_clip text-transformer CLIP (LAION weights);
-* :class:`OpenAIClipAdapter` builds OpenAI's CLIPs through open_clip (no `clip-anytorch`).
+* :class:`OpenAIClipAdapter` builds OpenAI's CLIPs through open_clip (no `clip-anytorch`);
+* :class:`SmallClipAdapter` wraps a :class:`SmallCLIP` (torch-only small CLIP, the demo's), saved as
+  a folder (:mod:`.clip_folder`; `load_clip_folder` also reads older x-clip folders).
 
 `build_clip_adapter(make, model, ...)` maps the reference config's `make` values to adapters.
 CoCa (`coca_pytorch`) adapters are not provided.
@@ -15,12 +17,14 @@ from typing import Any
 
 from dalle2_pytorch._extras import import_optional
 from dalle2_pytorch.clip_adapters.base import BaseClipAdapter, EmbeddedImage, EmbeddedText
+from dalle2_pytorch.clip_adapters.clip_folder import load_clip_folder, load_small_clip, save_small_clip
 from dalle2_pytorch.clip_adapters.open_clip_adapter import (
     OpenClipAdapter,
     load_clip_state_dict,
     open_clip_model_name,
 )
 from dalle2_pytorch.clip_adapters.openai_adapter import OpenAIClipAdapter
+from dalle2_pytorch.clip_adapters.small_clip import SmallCLIP, SmallClipAdapter
 from dalle2_pytorch.clip_adapters.tokenizer import SimpleTokenizer
 from dalle2_pytorch.clip_adapters.word_tokenizer import WordTokenizer
 from dalle2_pytorch.clip_adapters.wrap import wrap_clip
@@ -35,17 +39,22 @@ __all__ = [
     "OpenAIClipAdapter",
     "OpenClipAdapter",
     "SimpleTokenizer",
+    "SmallCLIP",
+    "SmallClipAdapter",
     "WordTokenizer",
     "XClipAdapter",
     "build_clip_adapter",
     "is_clip_folder",
     "load_clip",
+    "load_clip_folder",
     "load_clip_state_dict",
+    "load_small_clip",
     "save_clip",
+    "save_small_clip",
     "wrap_clip",
 ]
 
-CLIP_ADAPTER_MAKES = ("openai", "open_clip", "x-clip", "coca")
+CLIP_ADAPTER_MAKES = ("openai", "open_clip", "x-clip", "small-clip", "coca")
 
 
 def _default_open_clip_tag(arch: str) -> str:
@@ -68,7 +77,8 @@ def build_clip_adapter(
     """Builds an adapter from the reference `AdapterConfig` fields.
 
     Args:
-        make: 'openai', 'open_clip', 'x-clip' (also 'x_clip') or 'coca' (not supported).
+        make: 'openai', 'open_clip', 'x-clip' (also 'x_clip'), 'small-clip' (extension: a saved
+            :class:`SmallCLIP` folder in `model`) or 'coca' (not supported).
         model: architecture name for 'openai' (default 'ViT-L/14') and 'open_clip' (required).
         pretrained: True = default weights ('openai': OpenAI's; 'open_clip': the last tag open_clip
             lists for the architecture, as the reference config did); False/None = random weights;
@@ -77,7 +87,8 @@ def build_clip_adapter(
             'openai'/'open_clip'.
             For 'x-clip', `model` may instead name a folder saved by
             :func:`~dalle2_pytorch.clip_adapters.x_clip_folder.save_clip` (`clip_config.json` +
-            `clip.safetensors`, tokenizer included), which is loaded whole.
+            `clip.safetensors`, tokenizer included), which is loaded whole; a small-CLIP folder
+            named there is loaded as 'small-clip'.
         **kwargs: forwarded to the adapter constructor (e.g. `device`, `precision`).
 
     Raises:
@@ -97,12 +108,15 @@ def build_clip_adapter(
         return OpenClipAdapter(
             model, pretrained=pretrained or None, model_kwargs=base_model_kwargs, **kwargs
         )
+    if make_key in ("small-clip", "smallclip"):
+        if not model or not os.path.isdir(os.fspath(model)):
+            raise ValueError(f"make='small-clip' needs a saved small-CLIP folder in `model`, got {model!r}")
+        return load_clip_folder(model, **kwargs)
     if make_key in ("x-clip", "xclip"):
-        CLIP = import_optional("x_clip", "clip", "x-clip CLIP adapters").CLIP
-
         if model and os.path.isdir(os.fspath(model)):
-            clip, tokenizer = load_clip(model)
-            return XClipAdapter(clip, tokenizer=tokenizer, **kwargs)
+            return load_clip_folder(model, **kwargs)
+
+        CLIP = import_optional("x_clip", "clip", "x-clip CLIP adapters").CLIP
 
         from dalle2_pytorch.clip_adapters.open_clip_adapter import load_weights_into
 
@@ -113,6 +127,6 @@ def build_clip_adapter(
     if make_key == "coca":
         raise NotImplementedError(
             "CoCa CLIP adapters are not supported (coca_pytorch is not a dependency); use 'openai', "
-            "'open_clip' or 'x-clip'"
+            "'open_clip', 'x-clip' or 'small-clip'"
         )
     raise ValueError(f"unknown CLIP adapter make {make!r}; expected one of {list(CLIP_ADAPTER_MAKES)}")
