@@ -270,16 +270,24 @@ def _index_width(samples_per_shard: int) -> int:
     return width
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """What an in-process stage made: its folder, whether it was reused, and its original seconds."""
+
+    path: Path
+    reused: bool = False
+    train_seconds: float | None = None
+
+
 def compute_embeddings(info: Any, clip_dir: Path, out: Path, key: str, samples_per_shard: int, book: StageBook,
-                       echo: Callable[[str], None] = print) -> Path:
+                       echo: Callable[[str], None] = print) -> StageResult:
     """CLIP image/text embeddings + caption metadata of every train shard (reused when ``key`` matches)."""
+    done = book.is_done("embeddings", key)
+    if done is not None and out.is_dir():
+        return StageResult(out, True, done.get("seconds"))
     from dalle2_pytorch.clip_adapters import load_clip_folder
     from dalle2_pytorch.data import precompute_embeddings
 
-    done = book.is_done("embeddings", key)
-    if done is not None and out.is_dir():
-        echo(f"[demo] embeddings: reusing {out}")
-        return out
     if out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()
@@ -289,7 +297,7 @@ def compute_embeddings(info: Any, clip_dir: Path, out: Path, key: str, samples_p
                                     index_width=_index_width(samples_per_shard))
     echo(f"[demo] embedded {summary.samples} samples ({summary.dimension}-d) -> {out}")
     book.write("embeddings", key, finished=True, seconds=time.perf_counter() - started, samples=summary.samples)
-    return out
+    return StageResult(out)
 
 
 def assemble_decoder(exports: Sequence[Path], out: Path) -> Path:
@@ -396,7 +404,7 @@ def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: C
         clip_state["key"] = fingerprint(info.params, file_digest(out / "clip" / "clip.safetensors"))
         return result
 
-    def embeddings_task(report_fraction: Callable[[float], None]) -> Path:
+    def embeddings_task(report_fraction: Callable[[float], None]) -> StageResult:
         return compute_embeddings(info, out / "clip", emb, clip_state["key"], preset.samples_per_shard, book, echo)
 
     num_shards = len(info.train_shards)

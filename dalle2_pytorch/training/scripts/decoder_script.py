@@ -99,6 +99,10 @@ def build_trainer(config: TrainDecoderConfig, accelerator: Any) -> DecoderTraine
     t = config.train
     decoder = config.decoder.create(build_clip=False)
     decoder.config = config.decoder.model_dump(mode="json")  # exported with the weights
+    if t.channels_last:  # before the trainer copies the unets into their EMAs
+        for unet, trained in zip(decoder.unets, t.unet_training_mask or [True] * len(decoder.unets)):
+            if trained:
+                unet.to(memory_format=torch.channels_last)
     return DecoderTrainer(
         decoder, accelerator=accelerator, use_ema=t.use_ema, lr=t.lr, wd=t.wd, warmup_steps=t.warmup_steps,
         cosine_decay_max_steps=t.cosine_decay_max_steps, max_grad_norm=_single_grad_norm(t.max_grad_norm),
