@@ -11,8 +11,13 @@ Interpolations, text diffs, inpainting, negative prompts and replays from sideca
 `dalle2_pytorch.cli_modes`. Every image is written with a JSON sidecar of its settings.
 
 A model folder holds `dalle2.json` (`{"prior": "prior", "decoder": "decoder", "clip": {...}}`, paths
-relative to the folder) or the subfolders `prior/`, `decoder/` (our safetensors exports) and `clip/` (a
-saved x-clip model). `--prior` / `--decoder` also take reference or LAION checkpoint files.
+relative to the folder, and optionally `"defaults"`: the sampling settings used unless a flag is given,
+e.g. `{"cond_scale": 2.0, "prior_candidates": 16}`) or the subfolders `prior/`, `decoder/` (our
+safetensors exports) and `clip/` (a saved small-CLIP or x-clip model). `--prior` / `--decoder` also
+take reference or LAION checkpoint files.
+
+Text -> image from a saved CLIP folder imports neither x-clip nor torchvision nor pydantic and does not
+build the CLIP's image tower (it is built on first use, for `--image`): see docs/ARCHITECTURE.md.
 
 Every failure is one line on stderr (`dream: error: ...`) and a non-zero exit status: 2 for bad
 arguments or files (empty prompt, negative guidance scale, unknown or unavailable device, `--output`
@@ -42,6 +47,8 @@ __all__ = ["dream", "load_models", "main", "validate_args"]
 logger = logging.getLogger("dalle2_pytorch.dream")
 
 MODEL_INDEX = "dalle2.json"
+#: built-in sampling defaults (a model folder's `dalle2.json` "defaults" come first)
+_DEFAULTS = {"cond_scale": 1.0, "prior_cond_scale": 1.0, "prior_candidates": 2}
 
 
 class DreamError(UserError):
@@ -163,6 +170,19 @@ def _load_pretrained(name: str, clip: str | dict | None, device: str):
     return chain.prior, chain.decoder, chain.clip
 
 
+def model_defaults(model_dir: str | Path | None) -> dict[str, Any]:
+    """Sampling defaults: the built-in ones updated with a model folder's `dalle2.json` "defaults"."""
+    out = dict(_DEFAULTS)
+    index = Path(model_dir) / MODEL_INDEX if model_dir is not None else None
+    if index is not None and index.is_file():
+        try:
+            given = json.loads(index.read_text()).get("defaults") or {}
+        except json.JSONDecodeError as e:
+            raise DreamError(f"{index} is not valid JSON: {e}") from e
+        out.update({k: v for k, v in given.items() if k in _DEFAULTS})
+    return out
+
+
 def _read_prompts(args) -> list[str]:
     """The prompts of the arguments and `--prompts-file`; empty or blank prompts are errors."""
     prompts = list(args.prompts)
@@ -194,6 +214,10 @@ def generate(args) -> list[Path]:
     """Runs `dream` with parsed arguments; returns the written files."""
     from dalle2_pytorch import cli_modes
 
+    defaults = model_defaults(args.model_dir)
+    for name in _DEFAULTS:
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
     validate_args(args)
     prompts = _read_prompts(args)
     mode = cli_modes.check_arguments(args, prompts)
@@ -243,14 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampler steps for prior and decoder (default: the models')")
     p.add_argument("--prior-steps", type=int, default=None, help="prior sampler steps (overrides --steps)")
     p.add_argument("--decoder-steps", type=int, default=None, help="decoder sampler steps per stage (overrides --steps)")
-    p.add_argument("--prior-cond-scale", type=float, default=1.0, help="prior classifier-free guidance scale")
-    p.add_argument("--cond-scale", "--decoder-cond-scale", dest="cond_scale", type=float, default=1.0,
-                   help="decoder classifier-free guidance scale")
+    p.add_argument("--prior-cond-scale", type=float, default=None,
+                   help="prior classifier-free guidance scale (default: the model folder's, else 1)")
+    p.add_argument("--cond-scale", "--decoder-cond-scale", dest="cond_scale", type=float, default=None,
+                   help="decoder classifier-free guidance scale (default: the model folder's, else 1)")
     p.add_argument("--sampler", "--decoder-sampler", dest="sampler", default=None,
                    help="decoder sampler: " + ", ".join(_sampler_names()) + ", optionally with a spacing after a colon "
                    "(dpmpp_2m:trailing, euler:karras); default: the model's own")
     p.add_argument("--prior-sampler", default=None, help="prior sampler (same names; default: the model's own)")
-    p.add_argument("--prior-candidates", type=int, default=2, help="prior samples per prompt, reranked by CLIP")
+    p.add_argument("--prior-candidates", type=int, default=None,
+                   help="prior samples per prompt, reranked by CLIP (default: the model folder's, else 2)")
     p.add_argument("--batch-size", type=int, default=8, help="images generated at once")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, mps, ...")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,

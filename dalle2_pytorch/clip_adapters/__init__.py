@@ -4,6 +4,8 @@
 * :class:`OpenClipAdapter` wraps any open_clip text-transformer CLIP (LAION weights);
 * :class:`OpenAIClipAdapter` builds OpenAI's CLIPs through open_clip (no `clip-anytorch`);
 * :class:`CoCaAdapter` wraps open_clip's CoCa models (`coca_ViT-B-32`, ...).
+* :class:`SmallClipAdapter` wraps a :class:`SmallCLIP` (torch-only small CLIP, the demo's), saved as
+  a folder (:mod:`.clip_folder`; `load_clip_folder` also reads older x-clip folders).
 
 `build_clip_adapter(make, model, ...)` maps the reference config's `make` values to adapters.
 """
@@ -16,12 +18,14 @@ from typing import Any
 from dalle2_pytorch._extras import import_optional
 from dalle2_pytorch.clip_adapters.base import BaseClipAdapter, EmbeddedImage, EmbeddedText
 from dalle2_pytorch.clip_adapters.coca_adapter import CoCaAdapter
+from dalle2_pytorch.clip_adapters.clip_folder import load_clip_folder, load_small_clip, save_small_clip
 from dalle2_pytorch.clip_adapters.open_clip_adapter import (
     OpenClipAdapter,
     load_clip_state_dict,
     open_clip_model_name,
 )
 from dalle2_pytorch.clip_adapters.openai_adapter import OpenAIClipAdapter
+from dalle2_pytorch.clip_adapters.small_clip import SmallCLIP, SmallClipAdapter
 from dalle2_pytorch.clip_adapters.tokenizer import SimpleTokenizer
 from dalle2_pytorch.clip_adapters.word_tokenizer import WordTokenizer
 from dalle2_pytorch.clip_adapters.wrap import wrap_clip
@@ -37,17 +41,22 @@ __all__ = [
     "OpenAIClipAdapter",
     "OpenClipAdapter",
     "SimpleTokenizer",
+    "SmallCLIP",
+    "SmallClipAdapter",
     "WordTokenizer",
     "XClipAdapter",
     "build_clip_adapter",
     "is_clip_folder",
     "load_clip",
+    "load_clip_folder",
     "load_clip_state_dict",
+    "load_small_clip",
     "save_clip",
+    "save_small_clip",
     "wrap_clip",
 ]
 
-CLIP_ADAPTER_MAKES = ("openai", "open_clip", "x-clip", "coca")
+CLIP_ADAPTER_MAKES = ("openai", "open_clip", "x-clip", "small-clip", "coca")
 
 
 def _default_open_clip_tag(arch: str) -> str:
@@ -70,7 +79,8 @@ def build_clip_adapter(
     """Builds an adapter from the reference `AdapterConfig` fields.
 
     Args:
-        make: 'openai', 'open_clip', 'x-clip' (also 'x_clip') or 'coca'.
+        make: 'openai', 'open_clip', 'x-clip' (also 'x_clip'), 'small-clip' (extension: a saved
+            :class:`SmallCLIP` folder in `model`) or 'coca'.
         model: architecture name for 'openai' (default 'ViT-L/14'), 'open_clip' (required) and
             'coca' (an open_clip CoCa model, default 'coca_ViT-B-32'); for 'openai' also a path to
             an OpenAI CLIP file.
@@ -81,7 +91,8 @@ def build_clip_adapter(
             'openai'/'open_clip'/'coca'.
             For 'x-clip', `model` may instead name a folder saved by
             :func:`~dalle2_pytorch.clip_adapters.x_clip_folder.save_clip` (`clip_config.json` +
-            `clip.safetensors`, tokenizer included), which is loaded whole.
+            `clip.safetensors`, tokenizer included), which is loaded whole; a small-CLIP folder
+            named there is loaded as 'small-clip'.
         **kwargs: forwarded to the adapter constructor (e.g. `device`, `precision`).
 
     Raises:
@@ -100,12 +111,15 @@ def build_clip_adapter(
         return OpenClipAdapter(
             model, pretrained=pretrained or None, model_kwargs=base_model_kwargs, **kwargs
         )
+    if make_key in ("small-clip", "smallclip"):
+        if not model or not os.path.isdir(os.fspath(model)):
+            raise ValueError(f"make='small-clip' needs a saved small-CLIP folder in `model`, got {model!r}")
+        return load_clip_folder(model, **kwargs)
     if make_key in ("x-clip", "xclip"):
-        CLIP = import_optional("x_clip", "clip", "x-clip CLIP adapters").CLIP
-
         if model and os.path.isdir(os.fspath(model)):
-            clip, tokenizer = load_clip(model)
-            return XClipAdapter(clip, tokenizer=tokenizer, **kwargs)
+            return load_clip_folder(model, **kwargs)
+
+        CLIP = import_optional("x_clip", "clip", "x-clip CLIP adapters").CLIP
 
         from dalle2_pytorch.clip_adapters.open_clip_adapter import load_weights_into
 

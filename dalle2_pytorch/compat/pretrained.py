@@ -146,15 +146,30 @@ def parse_clip_spec(spec: str | os.PathLike | dict | None, base: str | os.PathLi
     if not isinstance(cfg, dict):
         raise ValueError(f"a CLIP spec must be a JSON object (AdapterConfig fields), got {cfg!r}")
     model = cfg.get("model")
-    if base is not None and cfg.get("make") in ("x-clip", "x_clip") and model and not Path(model).is_absolute():
+    if base is not None and cfg.get("make") in CLIP_FOLDER_MAKES and model and not Path(model).is_absolute():
         cfg["model"] = str(Path(base) / model)
     return cfg
 
 
+#: adapter makes whose `model` may name a saved CLIP folder (small-CLIP or x-clip format)
+CLIP_FOLDER_MAKES = ("x-clip", "x_clip", "small-clip")
+
+
 def build_clip(spec: dict | None, device: Any = "cpu") -> Any:
-    """A CLIP adapter from a spec (see :func:`parse_clip_spec`), or None."""
+    """A CLIP adapter from a spec (see :func:`parse_clip_spec`), or None. A bare saved CLIP folder
+    (`{"make", "model": <folder>}`) is loaded directly, without the config layer, and its image tower
+    is built on first use (text->image never builds it)."""
     if spec is None:
         return None
+    model = spec.get("model")
+    if (spec.get("make") in CLIP_FOLDER_MAKES and model and set(spec) <= {"make", "model"}
+            and (Path(model) / "clip_config.json").is_file()):
+        from dalle2_pytorch.clip_adapters.clip_folder import load_clip_folder
+
+        try:
+            return load_clip_folder(model, image_tower="lazy", device=device)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"could not load the CLIP folder {model}: {e}") from e
     from dalle2_pytorch.config.clip import AdapterConfig
 
     try:

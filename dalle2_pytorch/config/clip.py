@@ -10,14 +10,15 @@ from .base import StrictModel
 
 __all__ = ["AdapterConfig"]
 
-ClipMake = Literal["openai", "open_clip", "x-clip", "coca"]
+ClipMake = Literal["openai", "open_clip", "x-clip", "small-clip", "coca"]
 
 
 class AdapterConfig(StrictModel):
     """Which CLIP to wrap in an adapter; same schema as the reference's `AdapterConfig`."""
 
     make: ClipMake = "openai"
-    """Adapter family: 'openai' (OpenAI CLIP), 'open_clip', 'x-clip' or 'coca'."""
+    """Adapter family: 'openai' (OpenAI CLIP), 'open_clip', 'x-clip', 'coca', or (extension)
+    'small-clip': a saved torch-only small CLIP folder in `model` (the demo's)."""
     model: str = "ViT-L/14"
     """Architecture name, e.g. 'ViT-L/14' (openai) or 'ViT-H-14' (open_clip)."""
     base_model_kwargs: dict[str, Any] | None = None
@@ -38,6 +39,8 @@ class AdapterConfig(StrictModel):
                 "clip.make='x-clip' builds a model from scratch and needs clip.base_model_kwargs (its "
                 "constructor arguments), or a saved model folder in clip.model"
             )
+        if self.make == "small-clip" and self.model in (None, "", "ViT-L/14"):
+            raise ValueError("clip.make='small-clip' needs the saved CLIP folder in clip.model")
         return self
 
     def create(self, **kwargs: Any) -> Any:

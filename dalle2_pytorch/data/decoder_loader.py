@@ -448,6 +448,9 @@ def create_decoder_dataloaders(
     with `splits` and `seed` (same split on every rank); each loader then places its shards on
     ranks and workers. All loaders share one :class:`SkipCounter`.
 
+    With `cache_in_memory` (extension) the train/val/test loaders are
+    :class:`.memory_loader.InMemoryDecoderLoader`: each split is decoded once and served from memory.
+
     Returns:
         `{"train", "val", "test"}` loaders, plus `"train_sampling"`/`"test_sampling"` (batch
         `sampling_batch_size`, unshuffled) when `sampling_batch_size` is given. Empty splits are
@@ -475,7 +478,8 @@ def create_decoder_dataloaders(
         skip_counter=counter,
     )
     batch_size = _field(config, "batch_size", 64)
-    loaders: dict[str, DecoderDataLoader] = {}
+    in_memory = bool(_field(config, "cache_in_memory", False))
+    loaders: dict[str, Any] = {}
     for name in ("train", "val", "test"):
         if not parts[name]:
             continue
@@ -487,6 +491,14 @@ def create_decoder_dataloaders(
             resample_shards=train and bool(_field(config, "resample_train", False)),
             **common,
         )
+        if in_memory:
+            from .memory_loader import InMemoryDecoderLoader
+
+            plain = dict(_field(config, "preprocessing", {"ToTensor": True}) or {}) in ({"ToTensor": True}, {})
+            loaders[name] = InMemoryDecoderLoader(
+                loaders[name].dataset, batch_size, shuffle=train and bool(_field(config, "shuffle_train", True)),
+                seed=seed, exact_uint8=plain,
+            )
         if sampling_batch_size and name in ("train", "test"):
             loaders[f"{name}_sampling"] = create_image_embedding_dataloader(
                 parts[name], batch_size=sampling_batch_size, shuffle_shards=False, **common

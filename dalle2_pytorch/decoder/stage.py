@@ -166,6 +166,10 @@ class DecoderStage:
         """The samplers' ``denoise(x_t, t, x_self_cond)`` for this stage under conditioning `cond`
         (Unet keyword arguments: image_embed, text_encodings, lowres_cond_img, lowres_noise_level)."""
         clip = default(clip_denoised, self.clip_denoised) and not self.latent  # latent maps are never clamped
+        if not (getattr(self.unet, "cond_on_image_embeds", True) or getattr(self.unet, "cond_on_text_encodings", True)):
+            # a Unet without CLIP conditioning (the upsamplers): its null branch equals its conditional
+            # one, so guidance would only double the work
+            cond_scale = 1.0
         return build_denoiser(
             GuidedModel(self.unet, cond_scale, cond),
             self.noise_scheduler,

@@ -77,9 +77,18 @@ def caption_for(attrs: "ShapeAttributes", rng: np.random.Generator) -> str:
     return _pick(rng, _TEMPLATES).format(**fields)
 
 
-def prompt_for(colour: str, shape: str, size: str | None = None) -> str:
-    """The canonical prompt for an attribute pair, e.g. ``"a red star"`` or ``"a small red star"``."""
-    return _article(f"{size + ' ' if size else ''}{colour} {shape}")
+def position_phrase(position: str) -> str:
+    """The canonical phrase of a position name: ``"top left"`` -> ``"in the top left"``."""
+    if position not in _POSITION_PHRASES:
+        raise ValueError(f"unknown position {position!r}; expected one of {tuple(_POSITION_PHRASES)}")
+    return _POSITION_PHRASES[position][0]
+
+
+def prompt_for(colour: str, shape: str, size: str | None = None, position: str | None = None) -> str:
+    """The canonical prompt for an attribute pair, e.g. ``"a red star"``, ``"a small red star"`` or
+    ``"a red star in the top left"``."""
+    text = _article(f"{size + ' ' if size else ''}{colour} {shape}")
+    return f"{text} {position_phrase(position)}" if position else text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,6 +105,18 @@ _BACKGROUND_CLAUSE = re.compile(r"\b(?:on|against|with)?\s*(?:a|an|the)?\s*([a-z
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
+
+
+def parse_position(text: str) -> str | None:
+    """The position a prompt names (``"... in the top left corner"`` -> ``"top left"``), or None.
+
+    Two-word positions are matched before one-word ones; "middle" / "centre" mean ``"center"``.
+    """
+    words = " ".join(_words(text))
+    for name in sorted(_POSITION_PHRASES, key=len, reverse=True):
+        if any(f" {' '.join(_words(p))} " in f" {words} " for p in _POSITION_PHRASES[name]):
+            return name
+    return None
 
 
 def parse_prompt(text: str) -> tuple[str | None, str | None]:

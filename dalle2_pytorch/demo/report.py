@@ -8,11 +8,15 @@ three sources of images are judged the same way:
 * **prior + decoder** — text → prior → decoder, the whole system.
 
 Each is scored by the model-independent analysis of :mod:`dalle2_pytorch.demo.evaluate` (how
-often the dominant colour and the shape match the prompt), by the trained CLIP's cosine
-similarity between the prompt's text embedding and the image's embedding, and by the CLIP score
-``100 * max(cos, 0)`` of :mod:`dalle2_pytorch.clip_adapters.score` (Hessel et al. 2021; the decoder
-training script's ``eval/CLIP_SCORE``). Prompts seen in training are measured too (prior + decoder),
-for comparison.
+often the dominant colour and the shape match the prompt, and the position where the prompt names
+one) and by the trained CLIP's cosine similarity between the prompt's text embedding and the
+image's embedding, and by the CLIP score ``100 * max(cos, 0)`` of
+:mod:`dalle2_pytorch.clip_adapters.score` (Hessel et al. 2021; the decoder training script's
+``eval/CLIP_SCORE``). Prompts seen in training are measured too (prior + decoder), for comparison, and
+held-out pairs with a position ("a red star in the top left"). The held-out prompts are generated
+in :data:`SAMPLING_SEEDS` passes with different seeds; the per-prompt table
+(:mod:`dalle2_pytorch.demo.prompt_table`) gives each prompt's rates with their range over the passes,
+the sampler and steps of each stage and the wall time per image.
 
 Images come from the demo's model folder through :func:`dalle2_pytorch.cli.load_models`, the loader
 of ``dream``, so the report checks the files ``dream --model-dir`` uses.
@@ -31,8 +35,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from dalle2_pytorch.clip_adapters.score import clip_cosine, clip_score_from_cosine
-from dalle2_pytorch.demo.captions import parse_prompt, prompt_for
+from dalle2_pytorch.demo.captions import parse_position, parse_prompt, prompt_for
 from dalle2_pytorch.demo.evaluate import analyse
+from dalle2_pytorch.demo.prompt_table import (
+    POSITIONS_FOR_HELDOUT,
+    SAMPLING_SEEDS,
+    generate_in_passes,
+    per_prompt_over_passes,
+    prompt_table_markdown,
+    sampling_settings,
+)
 from dalle2_pytorch.demo.shapes import render, sample_attributes
 
 __all__ = ["FREE_FORM_PROMPTS", "clip_similarity", "generate", "make_grid", "measure", "run_report", "write_json", "write_report"]
@@ -113,6 +125,8 @@ def measure(images: torch.Tensor, prompts: Sequence[str], clip: Any) -> dict[str
     intents = [parse_prompt(p) for p in prompts]
     colour_ok = np.array([p.colour == i[0] for p, i in zip(preds, intents)])
     shape_ok = np.array([p.shape == i[1] for p, i in zip(preds, intents)])
+    places = [parse_position(p) for p in prompts]
+    position_ok = np.array([pl is None or p.position == pl for p, pl in zip(preds, places)])
     cosines = clip_similarity(clip, images, prompts)
     sims, scores = cosines.cpu().numpy(), clip_score_from_cosine(cosines).cpu().numpy()
     per_prompt = {}
@@ -121,14 +135,19 @@ def measure(images: torch.Tensor, prompts: Sequence[str], clip: Any) -> dict[str
         seen = [f"{preds[k].colour} {preds[k].shape}" for k in idx]
         per_prompt[prompt] = {
             "n": len(idx), "colour_acc": float(colour_ok[idx].mean()), "shape_acc": float(shape_ok[idx].mean()),
-            "most_seen": max(set(seen), key=seen.count),
+            "most_seen": max(set(seen), key=seen.count), "clip_similarity": float(sims[idx].mean()),
         }
-    return {
+        if places[idx[0]] is not None:
+            per_prompt[prompt]["position_acc"] = float(position_ok[idx].mean())
+    out = {
         "n": len(prompts), "colour_acc": float(colour_ok.mean()), "shape_acc": float(shape_ok.mean()),
         "both_acc": float((colour_ok & shape_ok).mean()), "clip_similarity": float(sims.mean()),
         "clip_score": float(scores.mean()),
         "per_prompt": per_prompt,
     }
+    if any(pl is not None for pl in places):
+        out["position_acc"] = float(np.mean([ok for ok, pl in zip(position_ok, places) if pl is not None]))
+    return out
 
 
 def ground_truth(pairs: Sequence[tuple[str, str]], per_pair: int, image_size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -186,7 +205,7 @@ def _markdown(result: dict) -> str:
         f"{', '.join(' '.join(p) for p in s['heldout'])} never seen in training. Images are "
         f"{s['image_size']}×{s['image_size']} px. Sampling: {s['prior_candidates']} prior candidates reranked by CLIP, "
         f"prior guidance {s['prior_cond_scale']}, decoder guidance {s['decoder_cond_scale']}, "
-        f"{s.get('prior_steps', '?')} prior / {s.get('decoder_steps', '?')} decoder DDIM steps, seed {s['seed']}.", "",
+        f"{s.get('prior_steps', '?')} prior / {s.get('decoder_steps', '?')} decoder steps (samplers below), seed {s['seed']}.", "",
         "## Quality on held-out prompts", "",
         "Colour / shape: how often the dominant colour / the shape read by a model-independent image analysis "
         "(`dalle2_pytorch.demo.evaluate`) matches the prompt (chance: 17% / 20%). CLIP similarity: cosine similarity "
@@ -195,24 +214,33 @@ def _markdown(result: dict) -> str:
         "| images | n | colour | shape | both | CLIP similarity | CLIP score |", "|---|---|---|---|---|---|---|",
     ]
     for key, name in (("ground_truth", "ground-truth renders (ceiling)"), ("decoder_alone", "decoder on true CLIP image embeddings"),
-                      ("prior_decoder", "**prior + decoder (text → image)**"), ("seen_prior_decoder", "prior + decoder, prompts seen in training")):
-        m = result["measures"][key]
+                      ("prior_decoder", "**prior + decoder (text → image)**"),
+                      ("positioned", "prior + decoder, held-out prompts with a position"),
+                      ("seen_prior_decoder", "prior + decoder, prompts seen in training")):
+        m = result["measures"].get(key)
+        if m is None:
+            continue
         lines.append(f"| {name} | {m['n']} | {_pct(m['colour_acc'])} | {_pct(m['shape_acc'])} | "
                      f"{_pct(m['both_acc'])} | {m['clip_similarity']:.3f} | {m['clip_score']:.1f} |")
-    lines += ["", "Per held-out prompt (prior + decoder): colour / shape match and the most frequent reading.", "",
-              "| prompt | colour | shape | most often drawn |", "|---|---|---|---|"]
-    for prompt, m in result["measures"]["prior_decoder"]["per_prompt"].items():
-        lines.append(f"| {prompt} | {_pct(m['colour_acc'])} | {_pct(m['shape_acc'])} | {m['most_seen']} |")
+    if "position_acc" in result["measures"].get("positioned", {}):
+        lines += ["", f"Position (held-out prompts that name one): {_pct(result['measures']['positioned']['position_acc'])} "
+                      "in the named grid cell (chance 11%)."]
+    if "per_prompt" in result:
+        lines += ["", "## Per prompt", ""]
+        lines += prompt_table_markdown(result["per_prompt"], s["sampling"], s["seconds_per_image"],
+                                       result["measures"]["prior_decoder"]["n"] + result["measures"].get("positioned", {}).get("n", 0),
+                                       s.get("sampling_seeds", 1), s.get("threads", "?"))
     lines += ["", "## Samples", "", "![grid](grid.png)", "",
-              "Rows: held-out prompts, prompts seen in training, free-form prompts; columns: samples (seeds).", "",
+              "Rows: held-out prompts, held-out prompts with a position, prompts seen in training, free-form prompts; "
+              "columns: samples.", "",
               "## Stages", "", f"Total {result.get('total_seconds', float('nan')) / 60:.1f} min with "
               f"{result.get('threads', '?')} CPU threads.", "", "| stage | seconds | |", "|---|---|---|"]
     for name, t in result.get("timings", {}).items():
         note = "reused" + (f" (originally {t['original_seconds']:.0f}s)" if t.get("original_seconds") else "") if t["reused"] else ""
         lines.append(f"| {name} | {t['seconds']:.1f} | {note} |")
     lines += ["", "Generate more:", "", "```bash",
-              f"dream \"a red circle\" --model-dir {result['output']} --seed 0 --output dream_output "
-              f"--prior-candidates {s['prior_candidates']}", "```", ""]
+              f"dream \"a red star in the top left\" --model-dir {result['output']} --seed 0 --output dream_output",
+              "```", "", "(`dream` takes the report's sampling settings from the model folder's `dalle2.json`.)", ""]
     return "\n".join(lines)
 
 
@@ -233,55 +261,91 @@ def run_report(out: Path, info: Any, preset: Any, *, seed: int = 0, echo: Callab
     prior, decoder, clip = load_models(model_dir=out)
     size = int(decoder.image_sizes[-1])
     n = preset.images_per_prompt
-    kwargs = dict(seed=seed, candidates=preset.prior_candidates, prior_cond_scale=preset.prior_cond_scale,
+    passes = max(1, min(SAMPLING_SEEDS, n))
+    per_pass = max(1, n // passes)
+    kwargs = dict(candidates=preset.prior_candidates, prior_cond_scale=preset.prior_cond_scale,
                   cond_scale=preset.decoder_cond_scale)
     heldout = [tuple(p) for p in info.heldout]
     seen_pairs = [parse_prompt(p) for p in info.seen_prompts]
     seen_pairs = [seen_pairs[k] for k in np.linspace(0, len(seen_pairs) - 1, min(5, len(seen_pairs))).astype(int)]
 
+    def text_to_image(prompts: list[str], pass_seed: int) -> torch.Tensor:
+        return generate(prior, decoder, clip, prompts, seed=pass_seed, **kwargs)
+
     gt_images, gt_prompts = ground_truth(heldout, n, size, seed)
     echo(f"[report] decoder alone on {len(gt_prompts)} true CLIP image embeddings")
     gt_embed = clip.embed_image(gt_images).image_embed
     alone = decode_embeddings(decoder, gt_embed, seed=seed, cond_scale=preset.decoder_cond_scale)
-    heldout_prompts = [prompt_for(c, s) for c, s in heldout for _ in range(n)]
-    echo(f"[report] prior + decoder on {len(heldout_prompts)} held-out prompts")
-    full = generate(prior, decoder, clip, heldout_prompts, **kwargs)
+    heldout_names = [prompt_for(c, s) for c, s in heldout]
+    echo(f"[report] prior + decoder on {len(heldout_names)} held-out prompts: {passes} seeds x {per_pass} images")
+    full, heldout_prompts, heldout_pass, seconds = generate_in_passes(text_to_image, heldout_names, per_pass, passes, seed)
+    placed_names = [prompt_for(c, s, position=POSITIONS_FOR_HELDOUT[i % len(POSITIONS_FOR_HELDOUT)])
+                    for i, (c, s) in enumerate(heldout)]
+    echo(f"[report] prior + decoder on {len(placed_names)} held-out prompts with a position")
+    placed, placed_prompts, placed_pass, placed_seconds = generate_in_passes(
+        text_to_image, placed_names, max(1, per_pass // 2), passes, seed + 7)
     seen_prompts = [prompt_for(c, s) for c, s in seen_pairs for _ in range(max(1, n // 2))]
     extra_prompts = [p for p in FREE_FORM_PROMPTS for _ in range(preset.grid_columns)]
     echo(f"[report] prior + decoder on {len(seen_prompts)} seen and {len(extra_prompts)} free-form prompts")
-    seen = generate(prior, decoder, clip, seen_prompts + extra_prompts, **{**kwargs, "seed": seed + 1})
+    seen = generate(prior, decoder, clip, seen_prompts + extra_prompts, seed=seed + 1, **kwargs)
     seen_imgs, extra_imgs = seen[: len(seen_prompts)], seen[len(seen_prompts) :]
 
     measures = {
         "ground_truth": measure(gt_images, gt_prompts, clip),
         "decoder_alone": measure(alone, gt_prompts, clip),
         "prior_decoder": measure(full, heldout_prompts, clip),
+        "positioned": measure(placed, placed_prompts, clip),
         "seen_prior_decoder": measure(seen_imgs, seen_prompts, clip),
         "free_form": measure(extra_imgs, extra_prompts, clip),
     }
+    table = _per_prompt_table(full, heldout_prompts, heldout_pass)
+    table.update(_per_prompt_table(placed, placed_prompts, placed_pass))
     k = preset.grid_columns
-    rows = [(f"{prompt_for(c, s)}  (held out)", full[i * n : i * n + k]) for i, (c, s) in enumerate(heldout)]
+    rows = [(f"{p}  (held out)", full[[i for i, q in enumerate(heldout_prompts) if q == p][:k]]) for p in heldout_names]
+    rows += [(f"{p}  (held out)", placed[[i for i, q in enumerate(placed_prompts) if q == p][:k]]) for p in placed_names]
     per_seen = max(1, n // 2)
     rows += [(prompt_for(c, s), seen_imgs[i * per_seen : i * per_seen + k]) for i, (c, s) in enumerate(seen_pairs[:_SEEN_IN_GRID])]
     rows += [(p, extra_imgs[i * k : (i + 1) * k]) for i, p in enumerate(FREE_FORM_PROMPTS)]
     make_grid(rows, out / "grid.png")
+    settings = sampling_settings(prior, decoder)
+    timed = len(heldout_prompts) + len(placed_prompts)
     result = {
         "output": str(out),
         "settings": {
             "preset": preset.name, "num_train": info.num_train, "image_size": size, "heldout": [list(p) for p in heldout],
-            "images_per_prompt": n, "prior_candidates": preset.prior_candidates,
+            "images_per_prompt": n, "sampling_seeds": passes, "prior_candidates": preset.prior_candidates,
             "prior_cond_scale": preset.prior_cond_scale, "decoder_cond_scale": preset.decoder_cond_scale, "seed": seed,
-            "prior_steps": prior.sample_timesteps or prior.noise_scheduler.num_timesteps,
-            "decoder_steps": [st.sample_timesteps or st.timesteps for st in decoder.stages],
+            "prior_steps": settings["prior"]["steps"], "decoder_steps": [st["steps"] for st in settings["decoder"]],
+            "sampling": settings, "threads": torch.get_num_threads(),
+            "seconds_per_image": round((seconds + placed_seconds) / max(1, timed), 4),
         },
         "measures": measures,
-        "targets": {"colour_acc": 0.8, "shape_acc": 0.6},
+        "per_prompt": table,
+        "targets": {"colour_acc": 0.95, "shape_acc": 0.85},
     }
     m = measures["prior_decoder"]
-    result["targets_met"] = bool(m["colour_acc"] >= 0.8 and m["shape_acc"] >= 0.6)
+    result["targets_met"] = bool(m["colour_acc"] >= 0.95 and m["shape_acc"] >= 0.85)
     write_report(out, result)
-    for key in ("ground_truth", "decoder_alone", "prior_decoder", "seen_prior_decoder"):
+    for key in ("ground_truth", "decoder_alone", "prior_decoder", "positioned", "seen_prior_decoder"):
         mm = measures[key]
-        echo(f"[report] {key:18s} colour {_pct(mm['colour_acc']):>4s}  shape {_pct(mm['shape_acc']):>4s}  "
+        where = f"  position {_pct(mm['position_acc']):>4s}" if "position_acc" in mm else ""
+        echo(f"[report] {key:18s} colour {_pct(mm['colour_acc']):>4s}  shape {_pct(mm['shape_acc']):>4s}{where}  "
              f"CLIP sim {mm['clip_similarity']:.3f}  CLIP score {mm['clip_score']:5.1f}  (n={mm['n']})")
+    echo(f"[report] {result['settings']['seconds_per_image']:.2f} s per image (text -> {size} px image)")
     return result
+
+
+def _per_prompt_table(images: torch.Tensor, prompts: Sequence[str], passes: Sequence[int]) -> dict:
+    """Per-prompt colour / shape / position rates over the sampling passes (see ``prompt_table``)."""
+    preds = [analyse(im) for im in images]
+    intents = [parse_prompt(p) for p in prompts]
+    places = [parse_position(p) for p in prompts]
+    table = per_prompt_over_passes({
+        "colour": [p.colour == i[0] for p, i in zip(preds, intents)],
+        "shape": [p.shape == i[1] for p, i in zip(preds, intents)],
+        "position": [None if pl is None else p.position == pl for p, pl in zip(preds, places)],
+    }, prompts, passes)
+    for prompt, row in table.items():
+        seen = [f"{preds[k].colour} {preds[k].shape}" for k, q in enumerate(prompts) if q == prompt]
+        row["most_seen"] = max(set(seen), key=seen.count)
+    return table

@@ -5,23 +5,27 @@
 
 Stages, each in its own folder of the output directory:
 
-1. ``data/``        procedural captioned shapes (:mod:`dalle2_pytorch.demo.shapes`);
-2. ``clip/``        a small CLIP trained on them (:mod:`dalle2_pytorch.demo.train_clip`);
-3. ``embeddings/``  CLIP image/text embeddings of every shard (:func:`dalle2_pytorch.data.precompute_embeddings`);
-4. ``prior_run/``   the diffusion prior, trained by ``train_prior.py`` from ``train_configs/demo_prior.json``;
-5. ``decoder_base_run/``, ``decoder_upsampler_run/``  the two Unets of the decoder, each trained by
-   ``train_decoder.py`` from ``train_configs/demo_decoder.json`` (``train.unet_training_mask`` picks the
-   Unet), then joined into ``decoder/`` (an export folder). Stages 4 and 5 run as child processes in
-   two lanes side by side (:mod:`dalle2_pytorch.demo.training_runs`);
-6. ``dalle2.json``  the model index ``dream --model-dir OUTPUT`` reads;
-7. ``grid.png``, ``report.md``, ``report.json``  images for a list of prompts and the quality measure
+1. ``data/``        procedural captioned shapes at 64 px (:mod:`dalle2_pytorch.demo.shapes`);
+2. the training work, scheduled on the CPUs by dependencies (:mod:`dalle2_pytorch.demo.training_runs`):
+
+   * ``clip/``        a small torch-only CLIP trained on the shapes (:mod:`dalle2_pytorch.demo.train_clip`);
+   * ``embeddings/``  its image/text embeddings of every shard (:func:`dalle2_pytorch.data.precompute_embeddings`);
+   * ``prior_run/``   the diffusion prior, ``train_prior.py`` with ``train_configs/demo_prior.json``;
+   * ``decoder_base_run/``, ``decoder_up32_run/``, ``decoder_up64_run/``  the decoder's three Unets
+     (16 px base, 32 px and 64 px upsamplers), each ``train_decoder.py`` with
+     ``train_configs/demo_decoder.json`` (``train.unet_training_mask`` picks the Unet). The
+     upsamplers need no CLIP, so they train beside the CLIP from the start;
+
+3. ``decoder/``     the three Unets joined into one export; ``dalle2.json``, the model index
+   ``dream --model-dir OUTPUT`` reads (with the report's sampling settings as ``dream``'s defaults);
+4. ``grid.png``, ``report.md``, ``report.json``  images for a list of prompts and the quality measure
    (:mod:`dalle2_pytorch.demo.report`).
 
 The resolved training configs (paths and preset values filled in) are written to ``configs/``.
 Every stage records its input fingerprint and duration in ``stages/{name}.json`` when it finishes; a
 second run skips finished stages whose fingerprint still matches, and the training scripts resume
 an interrupted run from its newest checkpoint. A stage whose inputs changed is redone from scratch,
-and so is everything after it.
+and so is everything after it. A progress line with the time left is printed every 30 s.
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from dalle2_pytorch.demo.training_runs import TrainingRun, run_in_lanes
+from dalle2_pytorch.demo.training_runs import InProcessTask, TrainingRun, run_tasks
 
 __all__ = ["DemoPreset", "FULL", "TINY", "find_config_dir", "main", "run_demo"]
 
@@ -52,14 +56,16 @@ class DemoPreset:
     Attributes:
         num_train, num_val: dataset samples; ``samples_per_shard`` must be a power of ten (the
             last digits of a sample key are its row in the shard's embedding file).
-        image_size: side of the rendered dataset images.
+        image_size: side of the rendered dataset images (the decoder's output size).
         clip_steps, clip_batch_size, clip_model_kwargs, clip_evaluate: demo CLIP training (``train_clip``).
         prior_overrides: applied to ``demo_prior.json``.
-        decoder_overrides: applied to ``demo_decoder.json`` for both Unets' runs;
-            ``base_overrides`` / ``upsampler_overrides`` to each run only.
+        decoder_overrides: applied to ``demo_decoder.json`` for every Unet's run;
+            ``base_overrides`` / ``up32_overrides`` / ``up64_overrides`` to one run only.
         images_per_prompt: generated images per held-out prompt for the quality measure.
         grid_columns: samples per prompt in ``grid.png``.
-        prior_candidates, prior_cond_scale, decoder_cond_scale: sampling settings of the report.
+        prior_candidates, prior_cond_scale, decoder_cond_scale: sampling settings of the report
+            (and ``dream``'s defaults on the demo's model folder).
+        estimates: expected seconds of each task on the demo machine (for the time-left estimate).
     """
 
     name: str
@@ -74,25 +80,29 @@ class DemoPreset:
     prior_overrides: dict = field(default_factory=dict)
     decoder_overrides: dict = field(default_factory=dict)
     base_overrides: dict = field(default_factory=dict)
-    upsampler_overrides: dict = field(default_factory=dict)
+    up32_overrides: dict = field(default_factory=dict)
+    up64_overrides: dict = field(default_factory=dict)
     images_per_prompt: int = 16
     grid_columns: int = 8
     prior_candidates: int = 16
     prior_cond_scale: float = 1.0
     decoder_cond_scale: float = 2.0
+    estimates: dict = field(default_factory=dict)
 
 
-#: The ``make demo`` run (timings in docs/ and the report).
+#: The ``make demo`` run (timings in train_configs/README.md and the report).
 FULL = DemoPreset(
     name="full",
     num_train=10_000,
     num_val=500,
     image_size=64,
     samples_per_shard=1000,
-    clip_steps=2000,
-    # 10 upsampler epochs (its loss is nearly flat by then); its lane, with the prior, ended 6 min before
-    # the base Unet's 14 epochs (551 s vs 898 s), so more upsampler epochs would not lengthen the demo
-    upsampler_overrides={"train.epochs": 10},
+    clip_steps=1500,
+    # the upsamplers only sharpen (their loss is nearly flat after a few epochs); 1,250 steps each
+    up32_overrides={"train.epochs": 4, "train.cosine_decay_max_steps": 1250},
+    up64_overrides={"train.epochs": 4, "train.cosine_decay_max_steps": 1250},
+    estimates={"clip": 220, "embeddings": 15, "prior": 40, "decoder base unet": 620, "decoder up32 unet": 220,
+               "decoder up64 unet": 220, "report": 120},
 )
 
 #: Seconds-long run at toy sizes for tests: every stage runs, nothing is any good.
@@ -104,8 +114,8 @@ TINY = DemoPreset(
     samples_per_shard=100,
     clip_steps=4,
     clip_batch_size=16,
-    clip_model_kwargs={"image_encoder": {"type": "conv", "widths": [16, 16]}, "dim_text": 16, "dim_image": 16,
-                       "dim_latent": 16, "text_enc_depth": 1, "text_heads": 2, "text_dim_head": 8},
+    clip_model_kwargs={"image_widths": [16, 16], "dim_text": 16, "dim_image": 16, "dim_latent": 16,
+                       "text_depth": 1, "text_heads": 2, "image_grid": 2},
     clip_evaluate=False,
     prior_overrides={
         "prior.net.dim": 16, "prior.image_embed_dim": 16, "prior.net.depth": 1, "prior.net.heads": 2,
@@ -113,17 +123,23 @@ TINY = DemoPreset(
         "prior.sample_timesteps": 4,
     },
     decoder_overrides={
+        "decoder.image_sizes": [8, 16, 32], "decoder.random_crop_sizes": [None, 8, 8],
         "decoder.unets.0.dim": 8, "decoder.unets.0.dim_mults": [1, 2], "decoder.unets.0.self_attn": [False, True],
         "decoder.unets.0.num_resnet_blocks": 1, "decoder.unets.0.image_embed_dim": 16,
         "decoder.unets.0.cond_dim": 16, "decoder.unets.1.dim": 8, "decoder.unets.1.dim_mults": [1, 2],
-        "decoder.unets.1.image_embed_dim": 16, "decoder.unets.1.cond_dim": 16, "decoder.sample_timesteps": [4, 4],
+        "decoder.unets.1.image_embed_dim": 16, "decoder.unets.1.cond_dim": 16,
+        "decoder.unets.2.dim": 8, "decoder.unets.2.dim_mults": [1, 2],
+        "decoder.unets.2.image_embed_dim": 16, "decoder.unets.2.cond_dim": 16, "decoder.sample_timesteps": [4, 4, 4],
         "data.batch_size": 16, "train.n_sample_images": 2, "train.save_every_n_samples": 64,
     },
     base_overrides={"train.epoch_samples": 64, "train.epochs": 1},
-    upsampler_overrides={"train.epoch_samples": 32, "train.epochs": 1},
+    up32_overrides={"train.epoch_samples": 32, "train.epochs": 1},
+    up64_overrides={"train.epoch_samples": 32, "train.epochs": 1},
     images_per_prompt=2,
     grid_columns=2,
     prior_candidates=2,
+    estimates={"clip": 2, "embeddings": 1, "prior": 10, "decoder base unet": 10, "decoder up32 unet": 10,
+               "decoder up64 unet": 10, "report": 10},
 )
 
 PRESETS = {"full": FULL, "tiny": TINY}
@@ -256,48 +272,61 @@ def _index_width(samples_per_shard: int) -> int:
     return width
 
 
-def stage_embeddings(info: Any, clip_dir: Path, out: Path, key: str, samples_per_shard: int,
-                     progress: Progress, book: StageBook) -> Path:
-    """CLIP image/text embeddings + caption metadata of every train shard."""
-    from dalle2_pytorch.config import AdapterConfig
-    from dalle2_pytorch.data import precompute_embeddings
-    from dalle2_pytorch.training.scripts.clip_loading import build_clip
+@dataclass(frozen=True)
+class StageResult:
+    """What an in-process stage made: its folder, whether it was reused, and its original seconds."""
 
-    started = progress.stage("embeddings", f"CLIP embeddings of {info.num_train} images and captions")
+    path: Path
+    reused: bool = False
+    train_seconds: float | None = None
+
+
+def compute_embeddings(info: Any, clip_dir: Path, out: Path, key: str, samples_per_shard: int, book: StageBook,
+                       echo: Callable[[str], None] = print) -> StageResult:
+    """CLIP image/text embeddings + caption metadata of every train shard (reused when ``key`` matches)."""
     done = book.is_done("embeddings", key)
     if done is not None and out.is_dir():
-        progress.done("embeddings", started, True, done.get("seconds"))
-        return out
+        return StageResult(out, True, done.get("seconds"))
+    from dalle2_pytorch.clip_adapters import load_clip_folder
+    from dalle2_pytorch.data import precompute_embeddings
+
     if out.exists():
         shutil.rmtree(out)
+    started = time.perf_counter()
     book.write("embeddings", key, finished=False)
-    adapter = build_clip(AdapterConfig(make="x-clip", model=str(clip_dir)))
+    adapter = load_clip_folder(clip_dir)
     summary = precompute_embeddings(info.train_shards, out, adapter, batch_size=250,
                                     index_width=_index_width(samples_per_shard))
-    progress.echo(f"[demo] embedded {summary.samples} samples ({summary.dimension}-d) -> {out}")
+    echo(f"[demo] embedded {summary.samples} samples ({summary.dimension}-d) -> {out}")
     book.write("embeddings", key, finished=True, seconds=time.perf_counter() - started, samples=summary.samples)
-    progress.done("embeddings", started, False)
-    return out
+    return StageResult(out)
 
 
-def assemble_decoder(base_export: Path, upsampler_export: Path, out: Path) -> Path:
-    """One decoder export from the base Unet of one run and the upsampler of the other."""
+def assemble_decoder(exports: Sequence[Path], out: Path) -> Path:
+    """One decoder export from Unet ``i`` of the ``i``-th run's export (each run trained one Unet)."""
     from dalle2_pytorch.decoder import Decoder
     from dalle2_pytorch.training.export import export_model
 
-    decoder = Decoder.from_checkpoint(base_export)
-    upsampler = Decoder.from_checkpoint(upsampler_export)
-    decoder.unets[1].load_state_dict(upsampler.unets[1].state_dict())
+    decoder = Decoder.from_checkpoint(exports[0])
+    for i, export in enumerate(exports[1:], start=1):
+        decoder.unets[i].load_state_dict(Decoder.from_checkpoint(export).unets[i].state_dict())
     return export_model(decoder, out, kind="decoder", config=decoder.config)
 
 
-def write_model_index(out: Path, decoder_dir: Path, prior_export: Path, clip_dir: Path) -> Path:
-    """``dalle2.json`` for ``dream --model-dir OUTPUT`` (paths relative to the output folder)."""
+def write_model_index(out: Path, decoder_dir: Path, prior_export: Path, clip_dir: Path,
+                      defaults: dict | None = None) -> Path:
+    """``dalle2.json`` for ``dream --model-dir OUTPUT`` (paths relative to the output folder).
+
+    ``defaults``: sampling settings ``dream`` uses unless told otherwise (``cond_scale``,
+    ``prior_cond_scale``, ``prior_candidates``).
+    """
     index = {
         "prior": os.path.relpath(prior_export, out),
         "decoder": os.path.relpath(decoder_dir, out),
-        "clip": {"make": "x-clip", "model": os.path.relpath(clip_dir, out)},
+        "clip": {"make": "small-clip", "model": os.path.relpath(clip_dir, out)},
     }
+    if defaults:
+        index["defaults"] = defaults
     path = out / MODEL_INDEX
     path.write_text(json.dumps(index, indent=2) + "\n")
     return path
@@ -315,6 +344,7 @@ def run_demo(
     threads: int | None = None,
     seed: int = 0,
     echo: Callable[[str], None] = print,
+    status_every: float = 30.0,
 ) -> dict:
     """Runs (or resumes) every stage of the demo into ``output``; returns the report dict.
 
@@ -326,6 +356,7 @@ def run_demo(
         threads: torch CPU threads (default: the CPUs this process may use).
         seed: seed of the dataset, CLIP and training runs.
         echo: where progress lines go.
+        status_every: seconds between progress lines during the training.
 
     Raises:
         FileNotFoundError: the config folder lacks the demo configs.
@@ -337,17 +368,24 @@ def run_demo(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads or usable_cpus())))
     try:
-        return _run_stages(out, preset, configs, seed, echo)
+        return _run_stages(out, preset, configs, seed, echo, status_every)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: Callable[[str], None]) -> dict:
+def _decoder_steps(preset: DemoPreset, cfg: dict, num_train: int) -> int:
+    batch = int(cfg["data"]["batch_size"])
+    per_epoch = cfg["train"].get("epoch_samples") or num_train
+    return int(cfg["train"]["epochs"]) * -(-int(per_epoch) // batch)
+
+
+def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: Callable[[str], None],
+                status_every: float) -> dict:
     from dalle2_pytorch.demo import report
     from dalle2_pytorch.demo.shapes import generate_dataset
     from dalle2_pytorch.demo.train_clip import train_clip
 
-    progress = Progress(num_stages=8, echo=echo)
+    progress = Progress(num_stages=9, echo=echo)
     book = StageBook(out / "stages")
     echo(f"[demo] {preset.name} demo into {out} ({torch.get_num_threads()} CPU threads)")
 
@@ -355,16 +393,50 @@ def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: C
     info = generate_dataset(out / "data", preset.num_train, preset.num_val, seed=seed, image_size=preset.image_size,
                             samples_per_shard=preset.samples_per_shard, verbose=True)
     progress.done("data", started, False)
-
-    started = progress.stage("clip", f"train a small CLIP ({preset.clip_steps} steps)")
-    clip = train_clip(info, out / "clip", steps=preset.clip_steps, batch_size=preset.clip_batch_size, seed=seed,
-                      model_kwargs=preset.clip_model_kwargs, evaluate=preset.clip_evaluate, log_every=max(1, preset.clip_steps // 10))
-    progress.done("clip", started, clip.reused, clip.train_seconds if clip.reused else None)
-    clip_key = fingerprint(info.params, file_digest(out / "clip" / "clip.safetensors"))
-
-    emb = stage_embeddings(info, out / "clip", out / "embeddings", clip_key, preset.samples_per_shard, progress, book)
-
+    data_key = fingerprint(info.params)
+    est = preset.estimates
     cfg_out = out / "configs"
+    emb = out / "embeddings"
+    clip_state: dict[str, str] = {}
+
+    def clip_task(report_fraction: Callable[[float], None]):
+        result = train_clip(info, out / "clip", steps=preset.clip_steps, batch_size=preset.clip_batch_size, seed=seed,
+                            model_kwargs=preset.clip_model_kwargs, evaluate=preset.clip_evaluate,
+                            log_every=max(1, preset.clip_steps // 10), on_progress=report_fraction)
+        clip_state["key"] = fingerprint(info.params, file_digest(out / "clip" / "clip.safetensors"))
+        return result
+
+    def embeddings_task(report_fraction: Callable[[float], None]) -> StageResult:
+        return compute_embeddings(info, out / "clip", emb, clip_state["key"], preset.samples_per_shard, book, echo)
+
+    num_shards = len(info.train_shards)
+    decoder_common = {
+        "data.webdataset_base_url": str(Path(info.root) / "train" / "shapes-{}.tar"),
+        "data.start_shard": 0,
+        "data.end_shard": num_shards - 1,
+        "data.shard_width": 6,
+        "data.index_width": _index_width(preset.samples_per_shard),
+        "seed": seed,
+        **preset.decoder_overrides,
+    }
+    # the CLIP's fingerprint (its weights) is known once it is trained: runs that use it get their key then
+    decoder_runs = []
+    for unet, name, mask, extra in (("base", "decoder base unet", [True, False, False], preset.base_overrides),
+                                    ("up32", "decoder up32 unet", [False, True, False], preset.up32_overrides),
+                                    ("up64", "decoder up64 unet", [False, False, True], preset.up64_overrides)):
+        conditioned = unet == "base"
+        cfg = resolve_config(configs / "demo_decoder.json", {
+            **decoder_common, "data.img_embeddings_url": str(emb / "img_emb") if conditioned else None,
+            "train.unet_training_mask": mask, "tracker.data_path": str(out / f"decoder_{unet}_run"), **extra,
+        }, cfg_out / f"decoder_{unet}.json")
+        settings = _without_paths(cfg)
+        key = (lambda settings=settings: fingerprint(clip_state["key"], settings)) if conditioned else \
+            fingerprint(data_key, settings)
+        decoder_runs.append(TrainingRun(
+            name, "decoder", cfg_out / f"decoder_{unet}.json", out / f"decoder_{unet}_run", key, _log_every(preset),
+            after=("embeddings",) if conditioned else (), total_steps=_decoder_steps(preset, cfg, info.num_train),
+            estimate=est.get(name, 60.0)))
+
     prior_cfg = resolve_config(configs / "demo_prior.json", {
         "prior.clip.model": str(out / "clip"),
         "data.image_url": str(emb / "img_emb"),
@@ -375,44 +447,27 @@ def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: C
         "tracker.data_path": str(out / "prior_run"),
         **preset.prior_overrides,
     }, cfg_out / "prior.json")
+    prior_steps = int(prior_cfg["train"]["epochs"]) * -(-int(0.9 * preset.num_train) // int(prior_cfg["data"]["batch_size"]))
+    prior_settings = _without_paths(prior_cfg)
     prior_run = TrainingRun("prior", "prior", cfg_out / "prior.json", out / "prior_run",
-                            fingerprint(clip_key, _without_paths(prior_cfg)), _log_every(preset))
-
-    num_shards = len(info.train_shards)
-    decoder_common = {
-        "data.webdataset_base_url": str(Path(info.root) / "train" / "shapes-{}.tar"),
-        "data.img_embeddings_url": str(emb / "img_emb"),
-        "data.start_shard": 0,
-        "data.end_shard": num_shards - 1,
-        "data.shard_width": 6,
-        "data.index_width": _index_width(preset.samples_per_shard),
-        "seed": seed,
-        **preset.decoder_overrides,
-    }
-    decoder_runs = {}
-    for unet, mask, extra in (("base", [True, False], preset.base_overrides),
-                              ("upsampler", [False, True], preset.upsampler_overrides)):
-        path = cfg_out / f"decoder_{unet}.json"
-        cfg = resolve_config(configs / "demo_decoder.json", {
-            **decoder_common, "train.unet_training_mask": mask,
-            "tracker.data_path": str(out / f"decoder_{unet}_run"), **extra,
-        }, path)
-        decoder_runs[unet] = TrainingRun(f"decoder {unet} unet", "decoder", path, out / f"decoder_{unet}_run",
-                                         fingerprint(clip_key, _without_paths(cfg)), _log_every(preset))
-    # the base Unet is the longest run: it gets a lane to itself while the other does the prior, then the upsampler
-    lanes = [[decoder_runs["base"]], [prior_run, decoder_runs["upsampler"]]]
+                            lambda: fingerprint(clip_state["key"], prior_settings), _log_every(preset),
+                            after=("embeddings",), total_steps=prior_steps, estimate=est.get("prior", 30.0))
+    base, up32, up64 = decoder_runs
+    tasks = [InProcessTask("clip", clip_task, estimate=est.get("clip", 60.0)),
+             InProcessTask("embeddings", embeddings_task, after=("clip",), estimate=est.get("embeddings", 10.0)),
+             base, prior_run, up32, up64]
     threads = torch.get_num_threads()
-    if threads < 2:
-        lanes = [[prior_run, decoder_runs["base"], decoder_runs["upsampler"]]]
-    exports = run_in_lanes(lanes, threads=threads, book=book, progress=progress, echo=echo)
+    results = run_tasks(tasks, workers=min(2, threads), threads=threads, book=book, progress=progress, echo=echo,
+                        status_every=status_every, tail_estimate=est.get("report", 60.0), started_at=progress.start)
 
     started = progress.stage("models", f"join the decoder Unets; write {MODEL_INDEX}")
-    decoder_dir = assemble_decoder(exports[decoder_runs["base"].name], exports[decoder_runs["upsampler"].name],
-                                   out / "decoder")
-    index = write_model_index(out, decoder_dir, exports[prior_run.name], out / "clip")
+    decoder_dir = assemble_decoder([results[r.name] for r in decoder_runs], out / "decoder")
+    defaults = {"cond_scale": preset.decoder_cond_scale, "prior_cond_scale": preset.prior_cond_scale,
+                "prior_candidates": preset.prior_candidates}
+    index = write_model_index(out, decoder_dir, results[prior_run.name], out / "clip", defaults)
     progress.done("models", started, False)
 
-    started = progress.stage("report", "generate images, measure colour / shape / CLIP similarity")
+    started = progress.stage("report", "generate images, measure colour / shape / position / CLIP similarity")
     result = report.run_report(out, info, preset, seed=seed, echo=echo)
     progress.done("report", started, False)
     total = progress.elapsed()

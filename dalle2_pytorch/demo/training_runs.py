@@ -1,30 +1,39 @@
-"""The demo's training runs: ``train_prior.py`` / ``train_decoder.py`` as child processes, in lanes.
+"""The demo's training work: ``train_prior.py`` / ``train_decoder.py`` child processes and in-process
+tasks (the CLIP, the embeddings), scheduled on the CPUs with their dependencies, with an ETA.
 
-The prior, the base Unet and the upsampler only need the CLIP embeddings, not each other, so the
-demo trains them side by side: with two or more CPUs, lane 1 trains the base Unet while lane 2
-trains the prior and then the upsampler, each lane a separate process with half the CPU threads.
-On small CPUs one-thread processes in parallel do more work per second than one process with two
-threads (the convolutions of tiny Unets do not scale across threads), so this is the demo's
-largest speed-up. With one CPU the runs go one after the other.
+The pieces of the demo depend on each other only partly: the upsamplers need nothing but images
+(the decoder conditions only its base Unet on CLIP image embeddings, as unCLIP does), the CLIP
+needs the images, and the prior and the base Unet need the CLIP's embeddings. So the demo runs
+``workers`` (one per CPU, at most two) tasks at a time, each with one thread: on small CPUs
+one-thread processes side by side do more work per second than one process with two threads (the
+convolutions of tiny Unets do not scale across threads). A worker takes the first task, in the
+given order, whose dependencies are done: with two CPUs, CLIP -> embeddings -> base Unet on one
+and the upsamplers -> prior on the other.
 
-Every run is the real training script (``python train_prior.py --config_file ...`` through its
+Every training run is the real script (``python train_prior.py --config_file ...`` through its
 module), so its checkpoints, resume and export are the ones a user gets; its output goes to
-``logs/{run folder}.log`` and, prefixed with the run's name, to the demo's progress output.
+``logs/{run folder}.log`` and, prefixed with the run's name, to the demo's output. A failed task
+stops the tasks that depend on it; the others finish first so their work is kept.
+
+Progress: every ``status_every`` seconds (and whenever a task starts or ends) one line with the
+elapsed time, each running task's share done and an estimate of the time left, simulated from
+each task's expected duration corrected by the speed measured so far.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-__all__ = ["TrainingRun", "TrainingRunError", "run_in_lanes"]
+__all__ = ["InProcessTask", "Schedule", "TrainingRun", "TrainingRunError", "run_in_lanes", "run_tasks"]
 
 
 class TrainingRunError(RuntimeError):
@@ -43,20 +52,27 @@ class TrainingRun:
     """One training script run of the demo.
 
     Args:
-        name: stage name (``"prior"``, ``"decoder base unet"``, ...).
+        name: task name (``"prior"``, ``"decoder base unet"``, ...).
         kind: ``"prior"`` or ``"decoder"`` (which script).
         config_path: the resolved JSON config.
         run_dir: the config's ``tracker.data_path`` (checkpoints, export).
-        key: fingerprint of the run's inputs; a finished run with the same key is reused.
+        key: fingerprint of the run's inputs, or a function giving it when the run starts (inputs made
+            by earlier tasks); a finished run with the same key is reused.
         log_every: the script's ``--log-every``.
+        after: names of the tasks that must finish first.
+        total_steps: optimiser steps of the whole run (for progress; None: unknown).
+        estimate: expected seconds on the demo machine with one thread (for the ETA).
     """
 
     name: str
     kind: str
     config_path: Path
     run_dir: Path
-    key: str
+    key: str | Callable[[], str]
     log_every: int
+    after: tuple[str, ...] = ()
+    total_steps: int | None = None
+    estimate: float = 60.0
 
     @property
     def export(self) -> Path:
@@ -79,64 +95,275 @@ class TrainingRun:
 
         return any(problem is None for _, problem in checkpoint_problems(self.run_dir / "checkpoints"))
 
+    def fraction_done(self) -> float | None:
+        """Share of ``total_steps`` done, read from the last record of the run's ``metrics.jsonl``."""
+        if not self.total_steps:
+            return None
+        step = _last_step(self.run_dir / "metrics.jsonl")
+        return None if step is None else min(1.0, step / self.total_steps)
 
-def run_in_lanes(lanes: Sequence[Sequence[TrainingRun]], *, threads: int, book, progress,
-                 echo: Callable[[str], None]) -> dict[str, Path]:
-    """Runs each lane's runs in order, the lanes at the same time; returns ``{name: export folder}``.
+
+@dataclass
+class InProcessTask:
+    """Work done in the demo's own process (one thread): ``run(report)`` returns the task's result.
+
+    ``report(fraction)`` may be called with the share done (for the progress line).
+    """
+
+    name: str
+    run: Callable[[Callable[[float], None]], Any]
+    after: tuple[str, ...] = ()
+    estimate: float = 30.0
+    _fraction: float | None = field(default=None, repr=False)
+
+    def fraction_done(self) -> float | None:
+        return self._fraction
+
+
+Task = TrainingRun | InProcessTask
+
+
+def _last_step(path: Path) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Schedule:
+    """Which tasks ran / run / wait, and the time-left estimate (a greedy replay of the schedule)."""
+
+    def __init__(self, tasks: Sequence[Task], workers: int, tail_estimate: float = 0.0) -> None:
+        self.tasks = list(tasks)
+        self.workers = workers
+        self.tail_estimate = tail_estimate  # work after the tasks (the report), seconds
+        self.started: dict[str, float] = {}
+        self.finished: dict[str, float] = {}
+        self.failed: set[str] = set()
+
+    def _speed(self, now: float) -> float:
+        """Measured seconds per estimated second (1 before anything was measured)."""
+        ratios = []
+        for task in self.tasks:
+            if task.name in self.finished and task.name in self.started:
+                ratios.append((self.finished[task.name] - self.started[task.name]) / max(task.estimate, 1e-6))
+            elif task.name in self.started:
+                done = task.fraction_done()
+                if done is not None and done >= 0.05:
+                    ratios.append((now - self.started[task.name]) / done / max(task.estimate, 1e-6))
+        return sorted(ratios)[len(ratios) // 2] if ratios else 1.0
+
+    def remaining(self, now: float) -> float:
+        """Seconds until the tasks (and the tail) are done, by replaying the greedy schedule."""
+        speed = self._speed(now)
+        ends = {name: 0.0 for name in self.finished}  # seconds from now
+        free: list[float] = []  # when each worker is free again
+        for task in self.tasks:
+            if task.name not in self.started or task.name in self.finished or task.name in self.failed:
+                continue
+            done = task.fraction_done()
+            elapsed = now - self.started[task.name]
+            if done is not None and done >= 0.05:
+                rest = elapsed / done * (1 - done)
+            else:
+                rest = max(task.estimate * speed - elapsed, 0.1 * task.estimate * speed)
+            ends[task.name] = rest
+            free.append(rest)
+        free += [0.0] * max(0, self.workers - len(free))
+        pending = [t for t in self.tasks if t.name not in self.started and not any(d in self.failed for d in t.after)]
+        while pending:
+            worker = min(range(len(free)), key=free.__getitem__)
+
+            def ready_at(task: Task) -> float:
+                return max([0.0] + [ends.get(d, float("inf")) for d in task.after])
+
+            ready = [t for t in pending if ready_at(t) <= free[worker] + 1e-9]
+            task = ready[0] if ready else min(pending, key=ready_at)
+            start = max(free[worker], ready_at(task))
+            if start == float("inf"):
+                break
+            ends[task.name] = free[worker] = start + task.estimate * speed
+            pending.remove(task)
+        return max(free) + self.tail_estimate * speed
+
+    def status(self, now: float, started_at: float) -> str:
+        running = []
+        for task in self.tasks:
+            if task.name in self.started and task.name not in self.finished and task.name not in self.failed:
+                done = task.fraction_done()
+                running.append(f"{task.name} {'' if done is None else f'{100 * done:.0f}% '}"
+                               f"({_clock(now - self.started[task.name])})")
+        waiting = [t.name for t in self.tasks if t.name not in self.started]
+        left = self.remaining(now)
+        parts = [f"[demo] {_clock(now - started_at)} elapsed, about {_clock(left)} to go"]
+        if running:
+            parts.append("running: " + ", ".join(running))
+        if waiting:
+            parts.append("waiting: " + ", ".join(waiting))
+        return " | ".join(parts)
+
+
+def run_tasks(tasks: Sequence[Task], *, workers: int, threads: int, book, progress, echo: Callable[[str], None],
+              status_every: float = 30.0, tail_estimate: float = 0.0, started_at: float | None = None) -> dict[str, Any]:
+    """Runs ``tasks`` on ``workers`` workers, respecting ``after``; returns ``{name: result}``.
+
+    A training run's result is its export folder; an in-process task's is what it returned.
 
     Args:
-        lanes: runs per lane (empty lanes are dropped).
-        threads: CPU threads shared by the lanes (each lane gets ``threads // lanes``, at least 1).
+        tasks: in order of preference (a free worker takes the first ready one).
+        workers: tasks at a time.
+        threads: CPU threads shared by the workers (each child process gets ``threads // workers``).
         book: the demo's ``StageBook`` (finished runs with the same key are reused).
         progress: the demo's ``Progress`` (timings).
         echo: progress output.
+        status_every: seconds between progress lines.
+        tail_estimate: expected seconds of the work after these tasks (for the time-left estimate).
+        started_at: ``time.perf_counter()`` of the demo's start (for the elapsed time).
 
     Raises:
-        RuntimeError: a run stopped without an export (the message names it and its log); the
-            other lanes are finished first so their work is kept.
+        RuntimeError: a task failed (the message names it and, for a run, its log); tasks that do
+            not depend on it are finished first so their work is kept.
     """
-    lanes = [list(lane) for lane in lanes if lane]
-    per_lane = max(1, threads // max(1, len(lanes)))
-    exports: dict[str, Path] = {}
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task names must be unique, got {names}")
+    unknown = sorted({d for t in tasks for d in t.after} - set(names))
+    if unknown:
+        raise ValueError(f"tasks depend on unknown tasks {unknown}")
+    workers = max(1, min(workers, len(tasks)))
+    per_worker = max(1, threads // workers)
+    schedule = Schedule(tasks, workers, tail_estimate)
+    started_at = time.perf_counter() if started_at is None else started_at
+    results: dict[str, Any] = {}
     errors: list[str] = []
-    lock = threading.Lock()
+    pending = list(tasks)
+    cond = threading.Condition()
+    done_event = threading.Event()
 
-    def work(lane: list[TrainingRun]) -> None:
-        for run in lane:
+    def say_status() -> None:
+        echo(schedule.status(time.perf_counter(), started_at))
+
+    def next_task() -> Task | None:
+        with cond:
+            while True:
+                for task in list(pending):
+                    if any(d in schedule.failed for d in task.after):
+                        pending.remove(task)
+                        schedule.failed.add(task.name)
+                        errors.append(f"{task.name} was not run: it needs {', '.join(d for d in task.after if d in schedule.failed)}")
+                        cond.notify_all()
+                        break
+                    if all(d in schedule.finished for d in task.after):
+                        pending.remove(task)
+                        schedule.started[task.name] = time.perf_counter()
+                        return task
+                else:
+                    if not pending:
+                        return None
+                    cond.wait()
+
+    def work() -> None:
+        while (task := next_task()) is not None:
             try:
-                export = _run_one(run, per_lane, book, progress, echo, lock)
-            except Exception as e:  # reported below; a failed run ends its lane only
-                with lock:
+                if isinstance(task, TrainingRun):
+                    result = _run_one(task, per_worker, book, progress, echo, cond)
+                else:
+                    result = _run_in_process(task, progress, cond)
+            except Exception as e:  # reported below; a failed task stops only its dependents
+                with cond:
                     errors.append(str(e))
-                return
-            with lock:
-                exports[run.name] = export
+                    schedule.failed.add(task.name)
+                    cond.notify_all()
+                continue
+            with cond:
+                results[task.name] = result
+                schedule.finished[task.name] = time.perf_counter()
+                cond.notify_all()
+            say_status()
 
-    if len(lanes) > 1:
-        echo(f"[demo] {len(lanes)} training lanes side by side ({per_lane} CPU thread(s) each): " + "; ".join(
-            " then ".join(run.name for run in lane) for lane in lanes))
-    workers = [threading.Thread(target=work, args=(lane,), daemon=True) for lane in lanes]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    def monitor() -> None:
+        while not done_event.wait(status_every):
+            say_status()
+
+    if workers > 1:
+        echo(f"[demo] {workers} workers side by side ({per_worker} CPU thread(s) each): "
+             + ", ".join(f"{t.name}{' (after ' + ', '.join(t.after) + ')' if t.after else ''}" for t in tasks))
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(per_worker)  # the in-process tasks share the CPUs with the children
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    threads_ = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+    try:
+        for w in threads_:
+            w.start()
+        for w in threads_:
+            w.join()
+    finally:
+        done_event.set()
+        torch.set_num_threads(previous_threads)
     if errors:
         raise TrainingRunError("; ".join(errors))
-    return exports
+    return results
+
+
+def run_in_lanes(lanes: Sequence[Sequence[TrainingRun]], *, threads: int, book, progress,
+                 echo: Callable[[str], None]) -> dict[str, Path]:
+    """Each lane's runs in order, the lanes side by side (``run_tasks`` with one worker per lane,
+    each run after the previous one of its lane); returns ``{name: export folder}``."""
+    from dataclasses import replace
+
+    tasks: list[TrainingRun] = []
+    for lane in (list(lane) for lane in lanes if lane):
+        for i, run in enumerate(lane):
+            tasks.append(replace(run, after=tuple(run.after) + ((lane[i - 1].name,) if i else ())))
+    # the lanes interleaved, so that each worker starts with a different lane's first run
+    return run_tasks(tasks, workers=len([lane for lane in lanes if lane]), threads=threads, book=book,
+                     progress=progress, echo=echo)
+
+
+def _run_in_process(task: InProcessTask, progress, lock: threading.Condition) -> Any:
+    with lock:
+        started = progress.stage(task.name, "in the demo process")
+
+    def report(fraction: float) -> None:
+        task._fraction = float(fraction)
+
+    result = task.run(report)
+    with lock:
+        progress.done(task.name, started, bool(getattr(result, "reused", False)),
+                      getattr(result, "train_seconds", None) if getattr(result, "reused", False) else None)
+    return result
 
 
 def _run_one(run: TrainingRun, threads: int, book, progress, echo: Callable[[str], None],
-             lock: threading.Lock) -> Path:
+             lock: threading.Condition) -> Path:
+    key = run.key() if callable(run.key) else run.key
     with lock:
         started = progress.stage(run.name, f"{'train_prior.py' if run.kind == 'prior' else 'train_decoder.py'} "
                                            f"--config_file {run.config_path}")
-        done = book.is_done(run.name, run.key)
+        done = book.is_done(run.name, key)
     if done is not None and (run.export / "model.safetensors").is_file():
         with lock:
             progress.done(run.name, started, True, done.get("seconds"))
         return run.export
     state = book.get(run.name)
-    if run.run_dir.exists() and (state is None or state.get("key") != run.key):
+    if run.run_dir.exists() and (state is None or state.get("key") != key):
         echo(f"[demo] {run.run_dir} was trained from other inputs: starting it again")
         shutil.rmtree(run.run_dir)
     start_over = False
@@ -146,12 +373,12 @@ def _run_one(run: TrainingRun, threads: int, book, progress, echo: Callable[[str
         echo(f"[demo] {run.run_dir} has no usable checkpoint: starting it again (the old folder is kept as "
              f"{run.run_dir.name}.old-<time>)")
         start_over = True
-    book.write(run.name, run.key, finished=False)
+    book.write(run.name, key, finished=False)
     status = _spawn(run, threads, echo, start_over)
     if status != 0 or not (run.export / "model.safetensors").is_file():
         raise TrainingRunError(f"{run.name} training stopped (exit status {status}) without an export in {run.export} "
                            f"(log: {run.log_path}); run the demo again to resume it")
-    book.write(run.name, run.key, finished=True, seconds=time.perf_counter() - started)
+    book.write(run.name, key, finished=True, seconds=time.perf_counter() - started)
     with lock:
         progress.done(run.name, started, False)
     return run.export

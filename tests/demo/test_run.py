@@ -19,7 +19,7 @@ from dalle2_pytorch.demo import run as demo_run
 from tests.demo._demo_helpers import run_tiny_demo
 
 
-TRAINING_STAGES = ("prior", "decoder base unet", "decoder upsampler unet")
+TRAINING_STAGES = ("prior", "decoder base unet", "decoder up32 unet", "decoder up64 unet")
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -54,10 +54,20 @@ def test_tiny_demo_writes_models_grid_and_report(tiny_demo):
     # resolved configs carry the output paths
     prior_cfg = json.loads((out / "configs" / "prior.json").read_text())
     assert prior_cfg["tracker"]["data_path"] == str(out / "prior_run")
-    masks = [json.loads((out / "configs" / f"decoder_{u}.json").read_text())["train"]["unet_training_mask"]
-             for u in ("base", "upsampler")]
-    assert masks == [[True, False], [False, True]]
-    assert any("stage 8/8" in line for line in lines)
+    configs = [json.loads((out / "configs" / f"decoder_{u}.json").read_text()) for u in ("base", "up32", "up64")]
+    assert [c["train"]["unet_training_mask"] for c in configs] == [[True, False, False], [False, True, False],
+                                                                    [False, False, True]]
+    # the upsamplers need no CLIP embeddings (they trained beside the CLIP)
+    assert [c["data"]["img_embeddings_url"] is None for c in configs] == [False, True, True]
+    assert any("stage 9/9" in line for line in lines)
+    # the index carries the report's sampling settings for `dream`
+    assert index["defaults"] == {"cond_scale": demo_run.TINY.decoder_cond_scale, "prior_cond_scale": 1.0,
+                                 "prior_candidates": demo_run.TINY.prior_candidates}
+    assert index["clip"]["make"] == "small-clip"
+    # progress lines with the time left, and a per-prompt table with the sampler and the time per image
+    assert any("to go" in line and "elapsed" in line for line in lines)
+    assert "| a red star in the top left |" in md and "s per image" in md and "dpmpp_2m" in md
+    assert saved["settings"]["seconds_per_image"] > 0 and saved["per_prompt"]["a red star"]["shape"]["min"] >= 0
 
 
 @pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
@@ -66,7 +76,7 @@ def test_grid_has_one_row_per_prompt(tiny_demo):
     with Image.open(out / "grid.png") as grid:
         width, height = grid.size
     heldout = json.loads((out / "report.json").read_text())["settings"]["heldout"]
-    rows = len(heldout) + report._SEEN_IN_GRID + len(report.FREE_FORM_PROMPTS)
+    rows = 2 * len(heldout) + report._SEEN_IN_GRID + len(report.FREE_FORM_PROMPTS)  # held out, with a position
     assert height == rows * (96 + 2) + 2
     assert width == 330 + demo_run.TINY.grid_columns * (96 + 2) + 2
 
@@ -77,13 +87,14 @@ def test_joined_decoder_has_the_upsampler_of_its_own_run(tiny_demo):
 
     out, _, _ = tiny_demo
     joined = Decoder.from_checkpoint(out / "decoder")
-    base = Decoder.from_checkpoint(out / "decoder_base_run" / "export")
-    up = Decoder.from_checkpoint(out / "decoder_upsampler_run" / "export")
-    for mine, theirs in ((joined.unets[0], base.unets[0]), (joined.unets[1], up.unets[1])):
-        for (k, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+    assert joined.image_sizes == (8, 16, 32)
+    runs = [Decoder.from_checkpoint(out / f"decoder_{name}_run" / "export") for name in ("base", "up32", "up64")]
+    for i, run in enumerate(runs):
+        for (k, a), b in zip(joined.unets[i].state_dict().items(), run.unets[i].state_dict().values()):
             assert torch.equal(a, b), k
-    # the base run did not train its upsampler: the joined decoder must not have taken that one
-    assert any(not torch.equal(a, b) for a, b in zip(joined.unets[1].parameters(), base.unets[1].parameters()))
+    # the base run did not train the upsamplers: the joined decoder must not have taken those
+    for i in (1, 2):
+        assert any(not torch.equal(a, b) for a, b in zip(joined.unets[i].parameters(), runs[0].unets[i].parameters()))
 
 
 @pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
@@ -101,17 +112,17 @@ def test_second_run_reuses_every_trained_stage(tiny_demo, tmp_path):
 @pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
 def test_interrupted_run_resumes_from_its_checkpoint(tiny_demo, tmp_path):
     out = _copy(tiny_demo[0], tmp_path / "demo")
-    state_file = out / "stages" / "decoder_upsampler_unet.json"
+    state_file = out / "stages" / "decoder_up32_unet.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "finished": False}))
-    shutil.rmtree(out / "decoder_upsampler_run" / "export")
-    steps_before = [json.loads(l)["step"] for l in (out / "decoder_upsampler_run" / "metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(out / "decoder_up32_run" / "export")
+    steps_before = [json.loads(l)["step"] for l in (out / "decoder_up32_run" / "metrics.jsonl").read_text().splitlines()]
     result, lines = run_tiny_demo(out)
     assert any("resuming the unfinished run" in line for line in lines)
-    assert not result["timings"]["decoder upsampler unet"]["reused"]
+    assert not result["timings"]["decoder up32 unet"]["reused"]
     assert result["timings"]["prior"]["reused"]
-    assert (out / "decoder_upsampler_run" / "export" / "model.safetensors").is_file()
-    steps_after = [json.loads(l)["step"] for l in (out / "decoder_upsampler_run" / "metrics.jsonl").read_text().splitlines()]
+    assert (out / "decoder_up32_run" / "export" / "model.safetensors").is_file()
+    steps_after = [json.loads(l)["step"] for l in (out / "decoder_up32_run" / "metrics.jsonl").read_text().splitlines()]
     assert max(steps_after) == max(steps_before)  # continued from the checkpoint, not trained again
 
 
@@ -122,13 +133,13 @@ def test_changed_config_retrains_that_stage_only(tiny_demo, tmp_path):
     result, lines = run_tiny_demo(out, preset=preset)
     assert not result["timings"]["prior"]["reused"]
     assert any("trained from other inputs" in line for line in lines)
-    assert result["timings"]["decoder base unet"]["reused"] and result["timings"]["decoder upsampler unet"]["reused"]
+    assert all(result["timings"][f"decoder {u} unet"]["reused"] for u in ("base", "up32", "up64"))
     assert json.loads((out / "configs" / "prior.json").read_text())["train"]["lr"] == 5e-4
 
 
 @pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
 def test_training_lanes_run_side_by_side_and_a_failed_run_names_its_log(tiny_demo, tmp_path):
-    assert any("2 training lanes side by side (1 CPU thread(s) each)" in line for line in tiny_demo[2])
+    assert any("2 workers side by side (1 CPU thread(s) each)" in line for line in tiny_demo[2])
     out = _copy(tiny_demo[0], tmp_path / "demo")
     preset = dataclasses.replace(demo_run.TINY, prior_overrides={**demo_run.TINY.prior_overrides, "train.lr": -1.0},
                                  base_overrides={**demo_run.TINY.base_overrides, "train.lr": 2e-4})
@@ -194,7 +205,8 @@ def test_shipped_demo_configs_validate():
 
     folder = demo_run.find_config_dir()
     decoder = TrainDecoderConfig.model_validate(load_json(folder / "demo_decoder.json"))
-    assert decoder.decoder.image_sizes == (16, 32) and len(decoder.decoder.unets) == 2
+    assert decoder.decoder.image_sizes == (16, 32, 64) and len(decoder.decoder.unets) == 3
+    assert decoder.data.cache_in_memory
     prior = load_json(folder / "demo_prior.json")
     prior["prior"]["clip"] = None  # the template points at demo_output/clip, made by the demo
     assert TrainDiffusionPriorConfig.model_validate(prior).prior.image_embed_dim == 64
@@ -228,3 +240,83 @@ def test_cli_reports_a_missing_config_folder(tmp_path, capsys):
     status = demo_run.main(["--output", str(tmp_path / "o"), "--tiny", "--configs", str(tmp_path / "nowhere")])
     assert status == 2
     assert "demo_prior.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- scheduler
+
+
+class _Book:
+    def __init__(self):
+        self.states = {}
+
+    def is_done(self, name, key):
+        return None
+
+    def get(self, name):
+        return self.states.get(name)
+
+    def write(self, name, key, finished, seconds=None, **extra):
+        self.states[name] = {"key": key, "finished": finished}
+
+
+def test_tasks_wait_for_their_dependencies_and_a_failure_stops_only_its_dependents():
+    import threading
+    import time as _time
+
+    from dalle2_pytorch.demo.training_runs import InProcessTask, run_tasks
+
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def work(name, seconds=0.05, fail=False):
+        def run(report):
+            with lock:
+                events.append(f"start {name}")
+            report(0.5)
+            _time.sleep(seconds)
+            if fail:
+                raise RuntimeError(f"{name} broke")
+            with lock:
+                events.append(f"end {name}")
+            return name.upper()
+        return run
+
+    progress = demo_run.Progress(num_stages=5, echo=lambda line: None)
+    lines: list[str] = []
+    tasks = [InProcessTask("clip", work("clip", 0.2)), InProcessTask("emb", work("emb"), after=("clip",)),
+             InProcessTask("up", work("up", 0.05))]
+    results = run_tasks(tasks, workers=2, threads=2, book=_Book(), progress=progress, echo=lines.append, status_every=0.05)
+    assert results == {"clip": "CLIP", "emb": "EMB", "up": "UP"}
+    assert events.index("end clip") < events.index("start emb")
+    assert events.index("start up") < events.index("end clip")  # the independent task ran beside the first
+    assert any("2 workers side by side" in line for line in lines)
+    assert any("elapsed, about" in line and "to go" in line for line in lines)
+
+    events.clear()
+    tasks = [InProcessTask("clip", work("clip", fail=True)), InProcessTask("emb", work("emb"), after=("clip",)),
+             InProcessTask("up", work("up"))]
+    with pytest.raises(RuntimeError) as info:
+        run_tasks(tasks, workers=2, threads=2, book=_Book(), progress=progress, echo=lines.append)
+    assert "clip broke" in str(info.value) and "emb was not run: it needs clip" in str(info.value)
+    assert "end up" in events and "start emb" not in events
+    with pytest.raises(ValueError, match="unknown tasks"):
+        run_tasks([InProcessTask("a", work("a"), after=("b",))], workers=1, threads=1, book=_Book(),
+                  progress=progress, echo=lines.append)
+
+
+def test_time_left_replays_the_schedule():
+    from dalle2_pytorch.demo.training_runs import InProcessTask, Schedule
+
+    noop = lambda report: None
+    tasks = [InProcessTask("clip", noop, estimate=100), InProcessTask("emb", noop, after=("clip",), estimate=10),
+             InProcessTask("base", noop, after=("emb",), estimate=500), InProcessTask("prior", noop, after=("emb",), estimate=20),
+             InProcessTask("up32", noop, estimate=300), InProcessTask("up64", noop, estimate=300)]
+    schedule = Schedule(tasks, workers=2, tail_estimate=50)
+    # worker 1: clip 100, emb 10, base 500 (ends 610); worker 2: up32 300, prior 20, up64 300 (ends 620)
+    assert schedule.remaining(0.0) == pytest.approx(620 + 50)
+    assert Schedule(tasks, workers=1).remaining(0.0) == pytest.approx(1230)
+    # measured speed: clip finished in 200 s instead of 100 -> everything is expected twice as slow
+    schedule.started["clip"], schedule.finished["clip"] = 0.0, 200.0
+    schedule.started["up32"] = 0.0
+    tasks[4]._fraction = 0.5  # half of up32 done after 200 s: 200 s left
+    assert schedule.remaining(200.0) == pytest.approx(max(2 * (10 + 500), 200 + 2 * (20 + 300)) + 2 * 50)

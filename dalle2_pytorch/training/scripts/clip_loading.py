@@ -4,9 +4,10 @@ Besides everything `AdapterConfig.create()` / `build_clip_adapter` accept (OpenA
 names and tags, weights files, random x-clip models), an x-clip `model` (the convention shared with
 `build_clip_adapter`) or `pretrained` value may name a **folder**:
 
-* a folder saved by the demo (`dalle2_pytorch.demo.train_clip.save_clip`): `clip.safetensors` +
-  `clip_config.json` holding the model arguments and the tokenizer; both are taken from the folder
-  (`base_model_kwargs` is then only informative);
+* a folder saved by the demo (`dalle2_pytorch.demo.train_clip`, the small-CLIP format of
+  `clip_adapters.clip_folder`, or the older x-clip one): `clip.safetensors` + `clip_config.json`
+  holding the model arguments and the tokenizer; both are taken from the folder
+  (`base_model_kwargs` is then only informative); `make: "small-clip"` names such a folder too;
 * any other folder holding `clip.safetensors` or `model.safetensors`: the weights are loaded into
   `x_clip.CLIP(**base_model_kwargs)`.
 
@@ -56,15 +57,17 @@ def build_clip(adapter_config: Any, device: torch.device | str | None = None) ->
     if adapter_config is None:
         return None
     make = adapter_config.make.replace("_", "-")
-    folder = _x_clip_folder(adapter_config) if make == "x-clip" else None
+    folder = _x_clip_folder(adapter_config) if make in ("x-clip", "small-clip") else None
     if folder is not None:
         if (folder / DEMO_CLIP_CONFIG).is_file():
             adapter = _load_demo_folder(folder)
+        elif make == "small-clip":
+            raise ConfigError(f"clip.model = {str(folder)!r} holds no {DEMO_CLIP_CONFIG}: not a saved small-CLIP folder")
         else:
             weights = resolve_clip_weights(folder)
             adapter = adapter_config.model_copy(update={"pretrained": str(weights), "model": "x-clip"}).create()
     else:
-        for name in ("pretrained", "model") if make == "x-clip" else ("pretrained",):
+        for name in ("pretrained", "model") if make in ("x-clip", "small-clip") else ("pretrained",):
             value = getattr(adapter_config, name)
             missing = isinstance(value, str) and _looks_like_path(value) and not Path(value).exists()
             if missing and not _ARCH_NAME.fullmatch(value):
@@ -89,9 +92,8 @@ def _looks_like_path(value: str) -> bool:
 
 
 def _load_demo_folder(folder: Path) -> Any:
-    from dalle2_pytorch.clip_adapters import XClipAdapter
-    from dalle2_pytorch.clip_adapters.x_clip_folder import load_clip
+    from dalle2_pytorch.clip_adapters.clip_folder import folder_architecture, load_clip_folder
 
-    clip, tokenizer = load_clip(folder)
-    logger.info("loaded x-clip CLIP and tokenizer from %s", folder)
-    return XClipAdapter(clip, tokenizer=tokenizer)
+    adapter = load_clip_folder(folder)
+    logger.info("loaded a %s CLIP and its tokenizer from %s", folder_architecture(folder), folder)
+    return adapter

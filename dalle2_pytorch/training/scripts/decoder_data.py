@@ -30,16 +30,24 @@ class DecoderConditioner:
         decoder: the (unwrapped) `Decoder`.
         clip: CLIP adapter, or None when every needed embedding is precomputed.
         device: the run's device.
+        unet_numbers: the trained unets (1-based; default all): only their conditioning is built, so
+            a run that trains only upsamplers (which the decoder does not condition on image
+            embeddings) needs neither precomputed embeddings nor a CLIP.
     """
 
-    def __init__(self, decoder: nn.Module, clip: Any, device: torch.device) -> None:
+    def __init__(self, decoder: nn.Module, clip: Any, device: torch.device,
+                 unet_numbers: Sequence[int] | None = None) -> None:
         self.clip = clip
         self.device = device
         unets = list(decoder.unets)
+        if unet_numbers is not None:
+            unets = [unets[n - 1] for n in unet_numbers]
         self.needs_image_embed = not getattr(decoder, "unconditional", False) and any(
             getattr(u, "cond_on_image_embeds", False) for u in unets
         )
-        self.needs_text = bool(getattr(decoder, "condition_on_text_encodings", False))
+        self.needs_text = bool(getattr(decoder, "condition_on_text_encodings", False)) and any(
+            getattr(u, "cond_on_text_encodings", False) for u in unets
+        )
         if self.needs_text and clip is None:
             raise ConfigError(
                 "text-conditioned unets need per-token text encodings, which only a CLIP gives "

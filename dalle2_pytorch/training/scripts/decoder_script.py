@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from dalle2_pytorch.config import TrainDecoderConfig
@@ -121,6 +122,10 @@ def build_trainer(config: TrainDecoderConfig, accelerator: Any) -> DecoderTraine
     t = config.train
     decoder = config.decoder.create(build_clip=False)
     decoder.config = config.decoder.model_dump(mode="json")  # exported with the weights
+    if t.channels_last:  # before the trainer copies the unets into their EMAs
+        for unet, trained in zip(decoder.unets, t.unet_training_mask or [True] * len(decoder.unets)):
+            if trained:
+                unet.to(memory_format=torch.channels_last)
     return DecoderTrainer(
         decoder, accelerator=accelerator, use_ema=t.use_ema, lr=t.lr, wd=t.wd, warmup_steps=t.warmup_steps,
         cosine_decay_max_steps=t.cosine_decay_max_steps, max_grad_norm=_single_grad_norm(t.max_grad_norm),
@@ -141,7 +146,7 @@ def train_decoder(config: TrainDecoderConfig, options: RunOptions | None = None)
     seed_everything(config.seed)  # same initial weights on every rank
     clip = build_clip(config.decoder.clip, device)
     trainer = build_trainer(config, accelerator)
-    conditioner = DecoderConditioner(trainer.unwrapped_decoder, clip, device)
+    conditioner = DecoderConditioner(trainer.unwrapped_decoder, clip, device, _trained_numbers(trainer))
     try:
         loaders = create_decoder_dataloaders(
             config.data, rank=accelerator.process_index, world_size=accelerator.num_processes, seed=config.seed,
@@ -378,8 +383,16 @@ class _DecoderLoop(ScriptLoop):
             values[f"{split}/loss{suffix}"] = float(np.mean([reduced[str(u)] for u in self.unet_numbers]))
         return values
 
-    def _sample(self, cond: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        return self.trainer.sample(**cond, cond_scale=self.config.train.cond_scale, generator=generator,
+    def _sample(self, cond: dict[str, torch.Tensor], generator: torch.Generator, images: torch.Tensor) -> torch.Tensor:
+        """Samples the cascade; a run that trains only later unets starts at its first one, from the
+        real images at the previous unet's size (the base needs image embeddings it may not have)."""
+        first = min(self.unet_numbers)
+        extra: dict[str, Any] = {}
+        if first > 1 and "image_embed" not in cond:
+            size = self.trainer.unwrapped_decoder.image_sizes[first - 2]
+            low = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            extra = dict(image=low.clamp(0, 1).to(self.device), start_at_unet_number=first)
+        return self.trainer.sample(**cond, **extra, cond_scale=self.config.train.cond_scale, generator=generator,
                                    max_batch_size=self.config.data.batch_size)
 
     def evaluate_metrics(self) -> dict[str, float]:
@@ -393,7 +406,7 @@ class _DecoderLoop(ScriptLoop):
             torch.manual_seed(self.eval_seed)
             generator = torch.Generator(device=self.device).manual_seed(self.eval_seed)
             for images, emb, captions in iterate_limited(loader, n):
-                generated = self._sample(self.conditioner(images, emb, captions), generator)
+                generated = self._sample(self.conditioner(images, emb, captions), generator, images)
                 self.image_metrics.update(generated, images.to(self.device), captions)
         values, errors = self.image_metrics.compute()
         for name, error in errors.items():
@@ -411,7 +424,7 @@ class _DecoderLoop(ScriptLoop):
             if batch is not None:
                 images, emb, captions = batch
                 generator = torch.Generator(device=self.device).manual_seed(self.eval_seed)
-                generated = self._sample(self.conditioner(images, emb, captions), generator)
+                generated = self._sample(self.conditioner(images, emb, captions), generator, images)
                 pairs = side_by_side(images, generated)
                 path = save_grid(pairs, self.data_path / "samples" / f"{section}_{self.step:08d}.png", nrow=2)
                 with Image.open(path) as png:
