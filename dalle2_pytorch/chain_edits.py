@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle2_pytorch.diffusion.clip_latents import check_fractions, slerp, text_diff_direction, weighted_mix
+from dalle2_pytorch.diffusion.samplers import INPAINT_SAMPLERS, parse_sampler
 
 __all__ = ["ChainInput", "LatentEditsMixin", "check_prompts", "image_batch", "is_prompt", "noise_seeds"]
 
@@ -314,7 +315,8 @@ class LatentEditsMixin:
                 None guides with the image's own CLIP embedding.
             num_images: images drawn (the prior draws one embedding per image).
             resample_times: RePaint's resampling count r per step.
-            decoder_sampler: must support inpainting (ddpm, ddim).
+            decoder_sampler: must support inpainting (ddpm, ddim); default: each stage's own sampler
+                when it can inpaint, else DDIM.
 
         Returns:
             (num_images, c, s, s) in [0, 1].
@@ -327,6 +329,11 @@ class LatentEditsMixin:
         if not torch.is_tensor(mask) or mask.ndim not in (2, 3) or tuple(mask.shape[-2:]) != tuple(x.shape[-2:]):
             raise ValueError(f"mask must be a (h, w) tensor matching the image's {tuple(x.shape[-2:])}")
         keep = mask.reshape(1, *mask.shape[-2:]).bool().expand(num_images, -1, -1).to(self.decoder.device)
+        if decoder_sampler is None and self.decoder_sampler is None:
+            decoder_sampler = [  # RePaint is exact with ddpm / ddim only (Lugmayr et al. 2022)
+                st.sampler if st.sampler is None or parse_sampler(st.sampler)[0] in INPAINT_SAMPLERS else "ddim"
+                for st in self.decoder.stage_settings
+            ]
         was_training = self.training
         self.eval()
         try:

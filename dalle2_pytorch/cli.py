@@ -183,6 +183,14 @@ def model_defaults(model_dir: str | Path | None) -> dict[str, Any]:
     return out
 
 
+def apply_model_defaults(args: argparse.Namespace) -> None:
+    """Fills the sampling settings not given on the command line from :func:`model_defaults`."""
+    defaults = model_defaults(args.model_dir)
+    for name in _DEFAULTS:
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+
+
 def _read_prompts(args) -> list[str]:
     """The prompts of the arguments and `--prompts-file`; empty or blank prompts are errors."""
     prompts = list(args.prompts)
@@ -214,10 +222,7 @@ def generate(args) -> list[Path]:
     """Runs `dream` with parsed arguments; returns the written files."""
     from dalle2_pytorch import cli_modes
 
-    defaults = model_defaults(args.model_dir)
-    for name in _DEFAULTS:
-        if getattr(args, name) is None:
-            setattr(args, name, defaults[name])
+    apply_model_defaults(args)
     validate_args(args)
     prompts = _read_prompts(args)
     mode = cli_modes.check_arguments(args, prompts)
@@ -306,6 +311,7 @@ def _main(argv: Sequence[str]) -> int:
     args.prior_steps = args.prior_steps if args.prior_steps is not None else args.steps
     args.decoder_steps = args.decoder_steps if args.decoder_steps is not None else args.steps
     if args.serve:  # the page is an application above cli: imported by name, only when asked for
+        apply_model_defaults(args)  # the page's defaults: the flags, else the model folder's, else built-in
         return importlib.import_module("dalle2_pytorch.app.server").serve_from_args(args)
     generate(args)  # validates the arguments first
     return 0

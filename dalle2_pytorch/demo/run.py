@@ -131,6 +131,10 @@ TINY = DemoPreset(
         "decoder.unets.2.dim": 8, "decoder.unets.2.dim_mults": [1, 2],
         "decoder.unets.2.image_embed_dim": 16, "decoder.unets.2.cond_dim": 16, "decoder.sample_timesteps": [4, 4, 4],
         "data.batch_size": 16, "train.n_sample_images": 2, "train.save_every_n_samples": 64,
+        # a handful of steps: full learning rate from the first one, and an EMA that follows them, or the
+        # exports keep the zero-initialised output convs (flat gray images that ignore the embedding)
+        "train.lr": 1e-2, "train.warmup_steps": 0,
+        "train.ema_update_after_step": 0, "train.ema_update_every": 1, "train.ema_beta": 0.5,
     },
     base_overrides={"train.epoch_samples": 64, "train.epochs": 1},
     up32_overrides={"train.epoch_samples": 32, "train.epochs": 1},

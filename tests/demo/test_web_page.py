@@ -137,6 +137,8 @@ def _no_trace(page) -> None:
 
 def test_prompt_generate_shows_images(page_url, browser):
     page = _open(browser, page_url)
+    # the settings start at the model folder's defaults (its dalle2.json), like dream's
+    assert float(page.locator("#decoder_scale input").input_value()) == 2.0
     page.locator("#prompt textarea").fill("a red circle")
     page.locator("#generate").click()
     sizes = _wait_for_images(page, "gallery", 2)
@@ -153,6 +155,7 @@ def test_prompt_generate_shows_images(page_url, browser):
     ("#steps textarea", "0", "steps must be at least 1, got 0"),
     ("#prior_scale input", "-1", "prior guidance scale must be a number >= 0"),
     ("#sampler input", "warp_drive", "unknown sampler 'warp_drive'"),
+    ("#decoder_scale input", "", "decoder guidance scale must be a number >= 0"),
 ])
 def test_bad_input_shows_an_error_on_the_page(page_url, browser, field, value, message):
     page = _open(browser, page_url)
