@@ -97,11 +97,11 @@ FULL = DemoPreset(
     num_val=500,
     image_size=64,
     samples_per_shard=1000,
-    clip_steps=1500,
+    clip_steps=3000,
     # the upsamplers only sharpen (their loss is nearly flat after a few epochs); 1,250 steps each
     up32_overrides={"train.epochs": 4, "train.cosine_decay_max_steps": 1250},
     up64_overrides={"train.epochs": 4, "train.cosine_decay_max_steps": 1250},
-    estimates={"clip": 220, "embeddings": 15, "prior": 40, "decoder base unet": 620, "decoder up32 unet": 220,
+    estimates={"clip": 330, "embeddings": 15, "prior": 40, "decoder base unet": 560, "decoder up32 unet": 220,
                "decoder up64 unet": 220, "report": 120},
 )
 

@@ -47,6 +47,7 @@ from dalle2_pytorch.training.scripts.runtime import (
     MetricsLog,
     RunState,
     ScriptLoop,
+    ThreadsOnSignal,
     all_ranks_agree,
     any_rank,
     build_accelerator,
@@ -256,7 +257,7 @@ class _DecoderLoop(ScriptLoop):
         t = self.config.train
         if t.save_immediately and self.step == 0:
             self.save()
-        with self.stop:
+        with self.stop, ThreadsOnSignal():
             while self.state.epoch < t.epochs:
                 if self.state.next_task == "train":
                     outcome = self.train_epoch()

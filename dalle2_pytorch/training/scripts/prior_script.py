@@ -56,6 +56,7 @@ from dalle2_pytorch.training.scripts.runtime import (
     Periodic,
     RunState,
     ScriptLoop,
+    ThreadsOnSignal,
     all_ranks_agree,
     any_rank,
     build_accelerator,
@@ -231,7 +232,7 @@ class _PriorLoop(ScriptLoop):
         dataset = self.data.train_dataset
         if self.state.epoch_offset:
             dataset.set_start(dataset.range_start + self.state.epoch_offset)
-        with GracefulStop() as stop:
+        with GracefulStop() as stop, ThreadsOnSignal():
             while self.state.epoch < t.epochs:
                 if o.max_steps is not None and self.step >= o.max_steps:
                     break

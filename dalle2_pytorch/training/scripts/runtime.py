@@ -38,6 +38,7 @@ from dalle2_pytorch.training.trackers import Tracker, create_logger, make_image_
 
 __all__ = [
     "GracefulStop",
+    "ThreadsOnSignal",
     "MetricsLog",
     "Periodic",
     "RunState",
@@ -333,6 +334,41 @@ class GracefulStop:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+
+class ThreadsOnSignal:
+    """SIGUSR2 -> this process uses every CPU it may run on (``torch.set_num_threads``) from the next
+    operation on. A scheduler that started this run beside others (the demo: one CPU thread per run)
+    sends it when the others have finished, so the last run does not leave CPUs idle.
+
+    A parent that may signal early starts the child with SIGUSR2 blocked: the signal then waits until
+    the handler is installed here, which unblocks it. After the loop the signal is ignored rather
+    than left to its default action (which would end the process while it saves). A no-op where the
+    platform has no SIGUSR2 or outside the main thread."""
+
+    SIGNAL = getattr(signal, "SIGUSR2", None)
+
+    def __init__(self) -> None:
+        self._installed = False
+
+    @staticmethod
+    def _handle(signum: int, frame: Any) -> None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if cpus != torch.get_num_threads():
+            logger.info("received signal %d: %d CPU threads from now on (was %d)", signum, cpus, torch.get_num_threads())
+            torch.set_num_threads(cpus)
+
+    def __enter__(self) -> ThreadsOnSignal:
+        if self.SIGNAL is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(self.SIGNAL, self._handle)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [self.SIGNAL])
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(self.SIGNAL, signal.SIG_IGN)
+            self._installed = False
 
 
 def build_tracker(tracker_config: Any, accelerator: Accelerator, resume: bool = False) -> Tracker:
