@@ -283,17 +283,7 @@ def run_tasks(tasks: Sequence[Task], *, workers: int, threads: int, book, progre
                         return None
                     cond.wait()
 
-    children: dict[str, subprocess.Popen] = {}
-
-    def lend_cpus() -> None:
-        """Nothing is left to start: the runs still going get this worker's CPUs (``ThreadsOnSignal``)."""
-        if _MORE_CPUS is None or per_worker >= threads:
-            return
-        with cond:
-            for name, process in list(children.items()):
-                if process.poll() is None:
-                    echo(f"[demo] {name}: nothing else left to start, it now uses {threads} CPU threads")
-                    process.send_signal(_MORE_CPUS)
+    children = _Children(echo, enabled=per_worker < threads, threads=threads)
 
     def work() -> None:
         while (task := next_task()) is not None:
@@ -313,7 +303,7 @@ def run_tasks(tasks: Sequence[Task], *, workers: int, threads: int, book, progre
                 schedule.finished[task.name] = time.perf_counter()
                 cond.notify_all()
             say_status()
-        lend_cpus()
+        children.lend()  # nothing is left to start: the runs still going (or starting) get this worker's CPUs
 
     def monitor() -> None:
         while not done_event.wait(status_every):
@@ -372,7 +362,7 @@ def _run_in_process(task: InProcessTask, progress, lock: threading.Condition) ->
 
 
 def _run_one(run: TrainingRun, threads: int, book, progress, echo: Callable[[str], None],
-             lock: threading.Condition, children: dict[str, subprocess.Popen] | None = None) -> Path:
+             lock: threading.Condition, children: _Children | None = None) -> Path:
     key = run.key() if callable(run.key) else run.key
     with lock:
         started = progress.stage(run.name, f"{'train_prior.py' if run.kind == 'prior' else 'train_decoder.py'} "
@@ -404,6 +394,41 @@ def _run_one(run: TrainingRun, threads: int, book, progress, echo: Callable[[str
     return run.export
 
 
+class _Children:
+    """The running training scripts of ``run_tasks``. Once a worker has nothing left to start
+    (``lend``), every running script, and any started after, is signalled to use every usable CPU."""
+
+    def __init__(self, echo: Callable[[str], None], enabled: bool, threads: int) -> None:
+        self._echo, self._enabled, self._threads = echo, enabled and _MORE_CPUS is not None, threads
+        self._running: dict[str, subprocess.Popen] = {}
+        self._lending = False
+        self._lock = threading.Lock()
+
+    def _signal(self, name: str, process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            self._echo(f"[demo] {name}: nothing else is left to start, it now uses {self._threads} CPU threads")
+            process.send_signal(_MORE_CPUS)
+
+    def add(self, name: str, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._running[name] = process
+            if self._lending:
+                self._signal(name, process)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._running.pop(name, None)
+
+    def lend(self) -> None:
+        if not self._enabled:
+            return
+        with self._lock:
+            if not self._lending:
+                self._lending = True
+                for name, process in self._running.items():
+                    self._signal(name, process)
+
+
 def start_child(command: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen:
     """``subprocess.Popen`` with the more-CPUs signal (SIGUSR2) blocked in the child from its start: a
     signal mask survives fork and exec, and every thread the child creates inherits it, so the signal
@@ -420,7 +445,7 @@ def start_child(command: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen
 
 
 def _spawn(run: TrainingRun, threads: int, echo: Callable[[str], None], start_over: bool = False,
-           children: dict[str, subprocess.Popen] | None = None) -> int:
+           children: _Children | None = None) -> int:
     """Runs the script as a child process (``start_child``); its output goes to ``log_path`` and,
     prefixed, to ``echo``. While it runs it is in ``children`` under the run's name."""
     package_root = str(Path(__file__).resolve().parents[2])  # the folder holding dalle2_pytorch/
@@ -433,7 +458,7 @@ def _spawn(run: TrainingRun, threads: int, echo: Callable[[str], None], start_ov
         log.write(f"$ {' '.join(command[3:])}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
         process = start_child(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
         if children is not None:
-            children[run.name] = process
+            children.add(run.name, process)
         try:
             assert process.stdout is not None
             for line in process.stdout:
@@ -447,4 +472,4 @@ def _spawn(run: TrainingRun, threads: int, echo: Callable[[str], None], start_ov
             raise
         finally:
             if children is not None:
-                children.pop(run.name, None)
+                children.remove(run.name)

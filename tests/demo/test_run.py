@@ -320,3 +320,29 @@ def test_time_left_replays_the_schedule():
     schedule.started["up32"] = 0.0
     tasks[4]._fraction = 0.5  # half of up32 done after 200 s: 200 s left
     assert schedule.remaining(200.0) == pytest.approx(max(2 * (10 + 500), 200 + 2 * (20 + 300)) + 2 * 50)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGUSR2") or demo_run.usable_cpus() < 2,
+                    reason="needs SIGUSR2 and two usable CPUs")
+@pytest.mark.parametrize("quick_first", [True, False])
+def test_a_run_left_alone_gets_the_idle_workers_cpus(tmp_path, monkeypatch, quick_first):
+    """Two workers of one thread each; when one has nothing left to start, the training script still
+    running (or still starting) is given both CPUs."""
+    import time as _time
+
+    from dalle2_pytorch.demo import training_runs
+    from dalle2_pytorch.demo.training_runs import InProcessTask, TrainingRun, run_tasks
+
+    monkeypatch.setitem(training_runs._SCRIPT_MODULES, "decoder", "tests.demo._more_cpus_script")
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"run_dir": str(tmp_path / "run")}))
+    run = TrainingRun("lone run", "decoder", config, tmp_path / "run", "k", 1)
+    # the quick task ends before the script has started, or long after it is waiting
+    quick = InProcessTask("quick", lambda report: _time.sleep(0 if quick_first else 3))
+    lines: list[str] = []
+    progress = demo_run.Progress(num_stages=2, echo=lambda line: None)
+    results = run_tasks([run, quick], workers=2, threads=2, book=_Book(), progress=progress, echo=lines.append,
+                        status_every=60)
+    assert results["lone run"] == tmp_path / "run" / "export"
+    assert any("lone run: nothing else is left to start, it now uses 2 CPU threads" in line for line in lines)
+    assert "[lone run] threads 1 -> 2" in lines

@@ -38,11 +38,11 @@ from dalle2_pytorch.training.trackers import Tracker, create_logger, make_image_
 
 __all__ = [
     "GracefulStop",
-    "ThreadsOnSignal",
     "MetricsLog",
     "Periodic",
     "RunState",
     "ScriptLoop",
+    "ThreadsOnSignal",
     "all_ranks_agree",
     "any_rank",
     "build_accelerator",
