@@ -18,10 +18,12 @@ Each row gives, as the mean over the seeds and (in brackets) the lowest-highest:
   text -> image s/img with the prior's time added; speed-up: the 1,000-step DDPM's decoder time
   over the row's.
 
-A row is *within the 1,000-step quality* when its colour and shape rates and its CLIP similarity
-differ from the DDPM row by no more than the run-to-run noise measured here (the larger of the two
-rows' spreads over the seeds, and at least one image's worth, or 0.002 for CLIP), and its FD is no higher than the
-DDPM row's highest FD over the seeds plus that row's spread.
+A row *reaches the 1,000-step quality* when none of its measures is worse than the DDPM row's by more
+than the run-to-run noise measured here: its colour and shape rates and its CLIP similarity are at
+most that noise below DDPM's (the noise: the larger of the two rows' spreads over the seeds, and at
+least one image's worth, or 0.002 for CLIP), and its FD is no higher than the DDPM row's highest FD
+over the seeds plus that row's spread. Being better than DDPM is allowed: the question is whether a
+fast sampler gives anything up.
 """
 
 from __future__ import annotations
@@ -124,12 +126,13 @@ def _pairs(prompts):
     return [parse_prompt(p) for p in prompts]
 
 
-def within_reference(row: dict, ref: dict, images: int) -> bool:
-    """The row's quality is within the reference's run-to-run noise (module docstring)."""
+def reaches_reference(row: dict, ref: dict, images: int) -> bool:
+    """No measure of the row is worse than the reference's by more than the run-to-run noise
+    (module docstring); better is fine."""
     floor = 1.0 / images
     for key in ("colour", "shape", "clip"):
         noise = max(ref[key]["max"] - ref[key]["min"], row[key]["max"] - row[key]["min"], floor if key != "clip" else 0.002)
-        if abs(row[key]["mean"] - ref[key]["mean"]) > noise:
+        if ref[key]["mean"] - row[key]["mean"] > noise:
             return False
     return row["fd"]["mean"] <= ref["fd"]["max"] + (ref["fd"]["max"] - ref["fd"]["min"])
 
@@ -151,12 +154,12 @@ def markdown(result: dict, reference: str | None = None) -> str:
         f"candidates ({result['prior_seconds_per_image']:.3f} s/img); {result['threads']} CPU thread(s); FD against "
         f"{result['gt_images']} ground-truth renders.", "",
         "| sampler | steps per Unet | colour | shape | CLIP similarity | FD (CLIP space) | decoder s/img | text→image s/img "
-        "| decoder speed-up | within 1,000-step quality |",
+        "| decoder speed-up | reaches 1,000-step quality |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         speed = ref["seconds"]["mean"] / row["seconds"]["mean"]
-        ok = "reference" if name == reference else ("yes" if within_reference(row, ref, n) else "no")
+        ok = "reference" if name == reference else ("yes" if reaches_reference(row, ref, n) else "no")
         lines.append(f"| `{row['sampler']}` | {row['steps']} | {cell(row['colour'], True)} | {cell(row['shape'], True)} | "
                      f"{cell(row['clip'])} | {cell(row['fd'], digits=3)} | {row['seconds']['mean']:.3f} | "
                      f"{row['seconds']['mean'] + result['prior_seconds_per_image']:.3f} | {speed:.{0 if speed >= 10 else 1}f}× | {ok} |")

@@ -35,9 +35,14 @@ def test_verdict_and_table(bench):
     close = _row("dpmpp_2m:trailing", 20, [1.0, 1.0], [0.85, 0.80], [0.305, 0.30], [0.22, 0.24], [0.2, 0.2])
     worse = _row("dpmpp_2m", 10, [1.0, 1.0], [0.60, 0.62], [0.30, 0.30], [0.21, 0.22], [0.1, 0.1])
     blurry = _row("ddim", 50, [1.0, 1.0], [0.85, 0.85], [0.30, 0.30], [0.50, 0.52], [0.5, 0.5])
-    assert bench.within_reference(close, ref, images=80)
-    assert not bench.within_reference(worse, ref, images=80)  # shape 20 points below, noise 10
-    assert not bench.within_reference(blurry, ref, images=80)  # FD far above the reference's
+    better = _row("unipc", 20, [1.0, 1.0], [0.98, 1.0], [0.36, 0.37], [0.10, 0.11], [0.2, 0.2])
+    assert bench.reaches_reference(close, ref, images=80)
+    assert bench.reaches_reference(better, ref, images=80)  # better than the reference beyond its noise
+    assert not bench.reaches_reference(worse, ref, images=80)  # shape 20 points below, noise 10
+    assert not bench.reaches_reference(blurry, ref, images=80)  # FD far above the reference's
+    # worse CLIP similarity beyond the noise
+    assert not bench.reaches_reference(_row("ddim", 50, [1.0, 1.0], [0.85, 0.85], [0.25, 0.25], [0.2, 0.2], [0.5, 0.5]),
+                                       ref, images=80)
     result = {"rows": {"ddpm 1000": ref, "dpmpp_2m:trailing 20": close, "dpmpp_2m 10": worse}, "images_per_seed": 80,
               "heldout": [["red", "star"]], "seeds": [0, 1], "cond_scale": 2.0, "prior_candidates": 16,
               "prior_seconds_per_image": 0.01, "threads": 2, "gt_images": 320}
