@@ -399,14 +399,14 @@ class _Children:
     (``lend``), every running script, and any started after, is signalled to use every usable CPU."""
 
     def __init__(self, echo: Callable[[str], None], enabled: bool, threads: int) -> None:
-        self._echo, self._enabled, self._threads = echo, enabled and _MORE_CPUS is not None, threads
+        self._echo, self._enabled, self.threads = echo, enabled and _MORE_CPUS is not None, threads
         self._running: dict[str, subprocess.Popen] = {}
         self._lending = False
         self._lock = threading.Lock()
 
     def _signal(self, name: str, process: subprocess.Popen) -> None:
         if process.poll() is None:
-            self._echo(f"[demo] {name}: nothing else is left to start, it now uses {self._threads} CPU threads")
+            self._echo(f"[demo] {name}: nothing else is left to start, it now uses {self.threads} CPU threads")
             process.send_signal(_MORE_CPUS)
 
     def add(self, name: str, process: subprocess.Popen) -> None:
@@ -450,6 +450,8 @@ def _spawn(run: TrainingRun, threads: int, echo: Callable[[str], None], start_ov
     prefixed, to ``echo``. While it runs it is in ``children`` under the run's name."""
     package_root = str(Path(__file__).resolve().parents[2])  # the folder holding dalle2_pytorch/
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    if children is not None:
+        env["DALLE2_THREADS_ON_SIGNAL"] = str(children.threads)  # what ``lend`` promises (ThreadsOnSignal)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f"[{run.name}] "

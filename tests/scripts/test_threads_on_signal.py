@@ -38,6 +38,14 @@ def test_the_signal_raises_the_threads_to_every_usable_cpu(one_thread):
     signal.signal(signal.SIGUSR2, signal.SIG_DFL)
 
 
+def test_the_environment_can_name_the_thread_count(one_thread, monkeypatch):
+    monkeypatch.setenv(ThreadsOnSignal.ENV, "3")
+    with ThreadsOnSignal():
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert torch.get_num_threads() == 3
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+
+
 _CHILD = """
 import sys, torch
 torch.set_num_threads(1)

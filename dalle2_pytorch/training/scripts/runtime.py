@@ -337,8 +337,8 @@ class GracefulStop:
 
 
 class ThreadsOnSignal:
-    """SIGUSR2 -> this process uses every CPU it may run on (``torch.set_num_threads``) from the next
-    operation on. A scheduler that started this run beside others (the demo: one CPU thread per run)
+    """SIGUSR2 -> this process uses every CPU it may run on (``torch.set_num_threads``), or the count
+    in ``$DALLE2_THREADS_ON_SIGNAL``, from the next operation on. A scheduler that started this run beside others (the demo: one CPU thread per run)
     sends it when the others have finished, so the last run does not leave CPUs idle.
 
     A parent that may signal early starts the child with SIGUSR2 blocked: the signal then waits until
@@ -351,9 +351,15 @@ class ThreadsOnSignal:
     def __init__(self) -> None:
         self._installed = False
 
+    #: environment variable a scheduler may set to the thread count wanted on the signal (default: every usable CPU)
+    ENV = "DALLE2_THREADS_ON_SIGNAL"
+
     @staticmethod
     def _handle(signum: int, frame: Any) -> None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        wanted = os.environ.get(ThreadsOnSignal.ENV, "")
+        if wanted.isdigit() and int(wanted) >= 1:
+            cpus = int(wanted)
         if cpus != torch.get_num_threads():
             logger.info("received signal %d: %d CPU threads from now on (was %d)", signum, cpus, torch.get_num_threads())
             torch.set_num_threads(cpus)
