@@ -39,8 +39,10 @@ from typing import Any, Callable, Sequence
 __all__ = ["InProcessTask", "Schedule", "TrainingRun", "TrainingRunError", "run_in_lanes", "run_tasks", "start_child"]
 
 
-# the training scripts take every usable CPU on this signal (``ThreadsOnSignal``); None where absent
+# ``training.scripts.runtime.ThreadsOnSignal``'s signal and variable (named here: importing it would load
+# accelerate into the demo process); the scripts take ``$DALLE2_THREADS_ON_SIGNAL`` threads on the signal
 _MORE_CPUS = getattr(signal, "SIGUSR2", None)
+_THREADS_ENV = "DALLE2_THREADS_ON_SIGNAL"
 
 
 class TrainingRunError(RuntimeError):
@@ -451,7 +453,7 @@ def _spawn(run: TrainingRun, threads: int, echo: Callable[[str], None], start_ov
     package_root = str(Path(__file__).resolve().parents[2])  # the folder holding dalle2_pytorch/
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     if children is not None:
-        env["DALLE2_THREADS_ON_SIGNAL"] = str(children.threads)  # what ``lend`` promises (ThreadsOnSignal)
+        env[_THREADS_ENV] = str(children.threads)  # what ``lend`` promises
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f"[{run.name}] "

@@ -73,3 +73,9 @@ def test_a_signal_sent_before_the_handler_waits_for_it():
     assert _child_threads_after_early_signal(start_child) == (0, str(len(os.sched_getaffinity(0))))
     # the same child started with a plain Popen: the early signal ends it (what start_child prevents)
     assert _child_threads_after_early_signal(subprocess.Popen)[0] == -signal.SIGUSR2
+
+
+def test_the_demo_names_the_same_signal_and_variable():
+    from dalle2_pytorch.demo import training_runs
+
+    assert (training_runs._MORE_CPUS, training_runs._THREADS_ENV) == (ThreadsOnSignal.SIGNAL, ThreadsOnSignal.ENV)

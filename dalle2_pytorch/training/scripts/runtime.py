@@ -338,8 +338,9 @@ class GracefulStop:
 
 class ThreadsOnSignal:
     """SIGUSR2 -> this process uses every CPU it may run on (``torch.set_num_threads``), or the count
-    in ``$DALLE2_THREADS_ON_SIGNAL``, from the next operation on. A scheduler that started this run beside others (the demo: one CPU thread per run)
-    sends it when the others have finished, so the last run does not leave CPUs idle.
+    in ``$DALLE2_THREADS_ON_SIGNAL``, from the next operation on. A scheduler that started this run
+    beside others (the demo: one CPU thread per run) sends it when the others have finished, so the
+    last run does not leave CPUs idle.
 
     A parent that may signal early starts the child with SIGUSR2 blocked: the signal then waits until
     the handler is installed here, which unblocks it. After the loop the signal is ignored rather
@@ -347,12 +348,11 @@ class ThreadsOnSignal:
     platform has no SIGUSR2 or outside the main thread."""
 
     SIGNAL = getattr(signal, "SIGUSR2", None)
+    #: set by a scheduler to the thread count it lends (default: every usable CPU)
+    ENV = "DALLE2_THREADS_ON_SIGNAL"
 
     def __init__(self) -> None:
         self._installed = False
-
-    #: environment variable a scheduler may set to the thread count wanted on the signal (default: every usable CPU)
-    ENV = "DALLE2_THREADS_ON_SIGNAL"
 
     @staticmethod
     def _handle(signum: int, frame: Any) -> None:
