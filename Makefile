@@ -8,8 +8,11 @@ setup:
 browser:
 	bash scripts/install_browser.sh
 
+# extra arguments for the demo, e.g. make demo DEMO_ARGS="--seed 1"
+DEMO_ARGS ?=
+
 demo: setup
-	.venv/bin/python -m dalle2_pytorch.demo.run --output demo_output
+	.venv/bin/python -m dalle2_pytorch.demo.run --output demo_output $(DEMO_ARGS)
 
 test: setup browser
 	bash scripts/run_tests.sh

@@ -95,7 +95,7 @@ def run(model_dir: Path, rows, seeds, per_prompt: int, gt_per_prompt: int, echo=
             embeds[seed] = prior.sample(text_embed=text.text_embed, num_samples_per_batch=candidates, generator=generator)
         prior_seconds.append((time.perf_counter() - started) / len(prompts))
     for sampler, steps in rows:
-        name = f"{sampler} {steps}"
+        name = f"{sampler} {_steps_text(steps)}"
         per_seed = {"colour": [], "shape": [], "clip": [], "fd": [], "seconds": []}
         for seed in seeds:
             generator = torch.Generator().manual_seed(10_000 + seed)
@@ -109,7 +109,8 @@ def run(model_dir: Path, rows, seeds, per_prompt: int, gt_per_prompt: int, echo=
             per_seed["shape"].append(float(np.mean([p.shape == s for p, (_, s) in zip(preds, _pairs(prompts))])))
             per_seed["clip"].append(float(report.clip_similarity(clip, images, prompts).mean()))
             per_seed["fd"].append(frechet_distance(clip.embed_image(images).image_embed.numpy(), gt_embed))
-        results[name] = {"sampler": sampler, "steps": steps, "network_calls": steps * decoder.num_unets,
+        per_unet = list(steps) if isinstance(steps, (list, tuple)) else [steps] * decoder.num_unets
+        results[name] = {"sampler": sampler, "steps": _steps_text(steps), "network_calls": sum(per_unet),
                          **{k: _summary(v) for k, v in per_seed.items()}}
         r = results[name]
         echo(f"[samplers] {name:28s} colour {r['colour']['mean']:.2f} shape {r['shape']['mean']:.2f} "
@@ -118,6 +119,23 @@ def run(model_dir: Path, rows, seeds, per_prompt: int, gt_per_prompt: int, echo=
             "heldout": [list(p) for p in heldout], "cond_scale": cond_scale, "prior_candidates": candidates,
             "prior_seconds_per_image": float(np.mean(prior_seconds)), "threads": torch.get_num_threads(),
             "gt_images": len(gt_prompts), "rows": results}
+
+
+def _steps_text(steps) -> str:
+    return "/".join(map(str, steps)) if isinstance(steps, (list, tuple)) else str(steps)
+
+
+def parse_row(text: str) -> tuple[str, int | tuple[int, ...]]:
+    """``sampler=steps``, the steps one count for every Unet or one per Unet joined by ``/``
+    (``dpmpp_2m:trailing=20/8/8``)."""
+    sampler, sep, steps = text.partition("=")
+    try:
+        counts = tuple(int(n) for n in steps.split("/"))
+    except ValueError:
+        counts = ()
+    if not sep or not sampler or not counts or min(counts) < 1:
+        raise ValueError(f"row {text!r}: expected sampler=steps, the steps a count >= 1 or one per Unet like 20/8/8")
+    return sampler, counts[0] if len(counts) == 1 else counts
 
 
 def _pairs(prompts):
@@ -172,7 +190,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--images-per-prompt", type=int, default=16)
     parser.add_argument("--gt-per-prompt", type=int, default=64, help="ground-truth renders per prompt for the FD")
-    parser.add_argument("--rows", nargs="+", default=None, help="sampler=steps entries (default: the issue-9 table)")
+    parser.add_argument("--rows", nargs="+", default=None, help="sampler=steps entries, steps one count or one per Unet "
+                        "(dpmpp_2m:trailing=20/8/8); default: the issue-9 table")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -182,7 +201,11 @@ def main(argv=None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = DEFAULT_ROWS if args.rows is None else [(r.split("=")[0], int(r.split("=")[1])) for r in args.rows]
+    try:
+        rows = DEFAULT_ROWS if args.rows is None else [parse_row(r) for r in args.rows]
+    except ValueError as e:
+        print(f"demo_samplers: error: {e}", file=sys.stderr)
+        return 2
     result = run(model_dir, rows, args.seeds, args.images_per_prompt, args.gt_per_prompt)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

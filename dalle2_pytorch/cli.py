@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import torch
 
 from dalle2_pytorch.cli_outputs import GenerationError  # noqa: F401  (exit status 3; re-exported)
-from dalle2_pytorch.command_line import ArgumentParser, UserError, check_device, run_command
+from dalle2_pytorch.command_line import ArgumentParser, UserError, check_device, exit_fast, run_command
 
 __all__ = ["dream", "load_models", "main", "validate_args"]
 
@@ -318,8 +318,8 @@ def _main(argv: Sequence[str]) -> int:
 
 
 def dream() -> None:
-    """Console entry point."""
-    sys.exit(main())
+    """Console entry point (exits without the interpreter's teardown, see `exit_fast`)."""
+    exit_fast(main())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ This module imports nothing heavy (no torch) and nothing of the package above th
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import traceback
@@ -47,6 +48,7 @@ __all__ = [
     "UserError",
     "check_device",
     "describe_error",
+    "exit_fast",
     "run_command",
 ]
 
@@ -204,3 +206,23 @@ def run_command(prog: str, main: Callable[[list[str]], Any], argv: Sequence[str]
     finally:
         warnings.showwarning = previous_showwarning
         sys.stdout.flush()
+
+
+def exit_fast(status: int) -> NoReturn:
+    """Ends the process with `status` after the exit handlers, without the interpreter's teardown.
+
+    Everything `atexit` holds runs first (logging's flush, `weakref.finalize` / temporary-folder
+    clean-ups, servers' shutdown), then stdout and stderr are flushed and the process exits. What
+    is skipped is freeing every module's objects one by one, which with torch imported takes about
+    0.3 s on a 2-core CPU: a third of a short `dream` call's time beyond the import. For console
+    entry points only; a library function that returns must never call it.
+    """
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is not None:
+        run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing left to deliver
+            pass
+    os._exit(status)

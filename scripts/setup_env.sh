@@ -17,8 +17,16 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
 fi
 echo "[setup] creating virtualenv $VENV with $PY (first run takes a few minutes)" >&2
 "$PY" -m venv "$VENV"
+# uv unpacks torch's wheels in a quarter of pip's time; pip does the work where uv cannot be had
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel >&2
-"$VENV/bin/python" -m pip install -q -r requirements-dev.txt >&2
-"$VENV/bin/python" -m pip install -q --no-deps -e . >&2
+if "$VENV/bin/python" -m pip install -q uv >&2 \
+  && "$VENV/bin/python" scripts/uv_install.py -q -r requirements-dev.txt >&2 \
+  && "$VENV/bin/python" scripts/uv_install.py -q --no-deps -e . >&2; then
+  :
+else
+  echo "[setup] uv unavailable or failed; installing with pip" >&2
+  "$VENV/bin/python" -m pip install -q -r requirements-dev.txt >&2
+  "$VENV/bin/python" -m pip install -q --no-deps -e . >&2
+fi
 echo "$WANT" > "$STAMP"
 echo "[setup] environment ready" >&2

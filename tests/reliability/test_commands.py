@@ -110,3 +110,27 @@ def test_real_processes_print_one_line(command, words, tmp_path):
     assert proc.returncode == EXIT_INVALID, proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # exactly one line
     assert proc.stderr.startswith(words)
+
+
+def test_exit_fast_runs_the_exit_handlers_and_delivers_buffered_output(tmp_path):
+    """`dream`'s console entry skips the interpreter's teardown, not what a user could lose: atexit
+    handlers, `weakref.finalize` clean-ups and buffered stdout / stderr all happen, with the status."""
+    folder = tmp_path / "scratch"
+    code = (
+        "import atexit, shutil, sys, weakref\n"
+        "from pathlib import Path\n"
+        "from dalle2_pytorch.command_line import exit_fast\n"
+        f"folder = Path({str(folder)!r}); folder.mkdir()\n"
+        "class Holder: pass\n"
+        "holder = Holder()\n"
+        "weakref.finalize(holder, shutil.rmtree, folder)\n"
+        "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
+        "print('buffered, no newline', end='')\n"
+        "exit_fast(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 3
+    assert proc.stdout == "buffered, no newline"
+    assert proc.stderr.strip() == "handler ran"
+    assert not folder.exists()
