@@ -51,3 +51,17 @@ def test_verdict_and_table(bench):
     assert len(lines) == 3 and lines[0].endswith("| reference |")
     assert "| 50× | yes |" in lines[1] and "| 100× | no |" in lines[2]
     assert "85% (80–90)" in lines[0]
+
+
+def test_rows_take_one_step_count_or_one_per_unet(bench, capsys, tmp_path):
+    assert bench.parse_row("ddpm=1000") == ("ddpm", 1000)
+    assert bench.parse_row("dpmpp_2m:trailing=20/5/5") == ("dpmpp_2m:trailing", (20, 5, 5))
+    for bad in ("ddpm", "ddpm=", "=20", "ddpm=20/x", "ddpm=0", "ddpm=20/0/5"):
+        with pytest.raises(ValueError, match="expected sampler=steps"):
+            bench.parse_row(bad)
+    assert bench.main(["--model-dir", "/nowhere"]) == 2
+    assert "no dalle2.json" in capsys.readouterr().err
+    (tmp_path / "dalle2.json").write_text("{}")
+    assert bench.main(["--model-dir", str(tmp_path), "--rows", "ddpm=x"]) == 2
+    assert capsys.readouterr().err.strip() == ("demo_samplers: error: row 'ddpm=x': expected sampler=steps, the steps "
+                                               "a count >= 1 or one per Unet like 20/8/8")
