@@ -101,8 +101,8 @@ FULL = DemoPreset(
     # the upsamplers only sharpen (their loss is nearly flat after a few epochs); 1,250 steps each
     up32_overrides={"train.epochs": 4, "train.cosine_decay_max_steps": 1250},
     up64_overrides={"train.epochs": 4, "train.cosine_decay_max_steps": 1250},
-    estimates={"clip": 330, "embeddings": 15, "prior": 40, "decoder base unet": 560, "decoder up32 unet": 220,
-               "decoder up64 unet": 220, "report": 120},
+    estimates={"clip": 300, "embeddings": 10, "prior": 12, "decoder base unet": 550, "decoder up32 unet": 155,
+               "decoder up64 unet": 150, "report": 30},
 )
 
 #: Seconds-long run at toy sizes for tests: every stage runs, nothing is any good.
