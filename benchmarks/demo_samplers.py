@@ -4,7 +4,8 @@
 
 For the held-out prompts of the demo (colour-shape pairs never seen in training), the prior's image
 embeddings are drawn once per seed (its own default sampler); then every decoder sampler in the list
-decodes the same embeddings with the same seed, all three Unets with the named sampler and steps.
+decodes the same embeddings with the same seed, all three Unets with the named sampler, and with one
+step count for all of them or one per Unet (``dpmpp_2m:trailing=20/5/5``).
 Each row gives, as the mean over the seeds and (in brackets) the lowest-highest:
 
 * colour / shape: the share of images whose colour / shape the model-independent judge
@@ -72,6 +73,10 @@ def run(model_dir: Path, rows, seeds, per_prompt: int, gt_per_prompt: int, echo=
     from dalle2_pytorch.demo.shapes import DEFAULT_HELDOUT, DatasetInfo
 
     prior, decoder, clip = load_models(model_dir=model_dir)
+    for sampler, steps in rows:
+        if isinstance(steps, (list, tuple)) and len(steps) != decoder.num_unets:
+            raise ValueError(f"row {sampler}={_steps_text(steps)}: {len(steps)} step counts for a decoder of "
+                             f"{decoder.num_unets} Unets")
     defaults = json.loads((model_dir / "dalle2.json").read_text()).get("defaults", {})
     cond_scale = float(defaults.get("cond_scale", 1.0))
     candidates = int(defaults.get("prior_candidates", 2))
@@ -110,7 +115,8 @@ def run(model_dir: Path, rows, seeds, per_prompt: int, gt_per_prompt: int, echo=
             per_seed["clip"].append(float(report.clip_similarity(clip, images, prompts).mean()))
             per_seed["fd"].append(frechet_distance(clip.embed_image(images).image_embed.numpy(), gt_embed))
         per_unet = list(steps) if isinstance(steps, (list, tuple)) else [steps] * decoder.num_unets
-        results[name] = {"sampler": sampler, "steps": _steps_text(steps), "network_calls": sum(per_unet),
+        results[name] = {"sampler": sampler, "steps": list(steps) if isinstance(steps, tuple) else steps,
+                         "network_calls": sum(per_unet),
                          **{k: _summary(v) for k, v in per_seed.items()}}
         r = results[name]
         echo(f"[samplers] {name:28s} colour {r['colour']['mean']:.2f} shape {r['shape']['mean']:.2f} "
@@ -178,7 +184,7 @@ def markdown(result: dict, reference: str | None = None) -> str:
     for name, row in rows.items():
         speed = ref["seconds"]["mean"] / row["seconds"]["mean"]
         ok = "reference" if name == reference else ("yes" if reaches_reference(row, ref, n) else "no")
-        lines.append(f"| `{row['sampler']}` | {row['steps']} | {cell(row['colour'], True)} | {cell(row['shape'], True)} | "
+        lines.append(f"| `{row['sampler']}` | {_steps_text(row['steps'])} | {cell(row['colour'], True)} | {cell(row['shape'], True)} | "
                      f"{cell(row['clip'])} | {cell(row['fd'], digits=3)} | {row['seconds']['mean']:.3f} | "
                      f"{row['seconds']['mean'] + result['prior_seconds_per_image']:.3f} | {speed:.{0 if speed >= 10 else 1}f}× | {ok} |")
     return "\n".join(lines)
@@ -206,7 +212,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"demo_samplers: error: {e}", file=sys.stderr)
         return 2
-    result = run(model_dir, rows, args.seeds, args.images_per_prompt, args.gt_per_prompt)
+    try:
+        result = run(model_dir, rows, args.seeds, args.images_per_prompt, args.gt_per_prompt)
+    except ValueError as e:
+        print(f"demo_samplers: error: {e}", file=sys.stderr)
+        return 2
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))

@@ -214,15 +214,21 @@ def exit_fast(status: int) -> NoReturn:
     Everything `atexit` holds runs first (logging's flush, `weakref.finalize` / temporary-folder
     clean-ups, servers' shutdown), then stdout and stderr are flushed and the process exits. What
     is skipped is freeing every module's objects one by one, which with torch imported takes about
-    0.3 s on a 2-core CPU: a third of a short `dream` call's time beyond the import. For console
-    entry points only; a library function that returns must never call it.
+    0.3 s on a 2-core CPU: a third of a short `dream` call's time beyond the import. Also skipped:
+    joining non-daemon threads and `concurrent.futures` work still queued, and closing files left
+    open; a command that ends with any of these must not call it (`dream` ends with none). For
+    console entry points only; a library function that returns must never call it. A failed flush
+    turns a success into status 120, as the interpreter's own exit does.
     """
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if run_exit_handlers is not None:
         run_exit_handlers()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing left to deliver
+            if stream is not None:
+                stream.flush()
+        except BrokenPipeError:  # the reader left: nothing more can be delivered
             pass
+        except (OSError, ValueError):  # a full disk, a closed stream: output was lost
+            status = status or 120
     os._exit(status)

@@ -15,11 +15,11 @@ WANT=$(cat requirements-dev.txt setup.py | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi
-echo "[setup] creating virtualenv $VENV with $PY (first run takes a few minutes)" >&2
+echo "[setup] creating virtualenv $VENV with $PY (first run: under a minute with uv, a few with pip)" >&2
 "$PY" -m venv "$VENV"
 # uv unpacks torch's wheels in a quarter of pip's time; pip does the work where uv cannot be had
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel >&2
-if "$VENV/bin/python" -m pip install -q uv >&2 \
+if "$VENV/bin/python" -m pip install -q uv==0.13.9 >&2 \
   && "$VENV/bin/python" scripts/uv_install.py -q -r requirements-dev.txt >&2 \
   && "$VENV/bin/python" scripts/uv_install.py -q --no-deps -e . >&2; then
   :

@@ -1,55 +1,77 @@
 """`uv pip install` with the package sources pip is configured with: `python uv_install.py ARGS...`.
 
 `scripts/setup_env.sh` installs with uv, which unpacks torch's wheels in about a quarter of pip's time
-(14 s against 54 s on the 2-core CI machine), but uv does not read pip's configuration. The sources a
-machine's pip is set up with (pip.conf files and PIP_* variables: index-url, extra-index-url,
-find-links, constraint, cert) are read from `python -m pip config list` and passed on; like pip, uv
-then considers every index for every package (`--index-strategy unsafe-best-match`). Exits with uv's
-status; 127 when uv is not installed next to this interpreter (the caller falls back to pip).
+(14 s against 54 s on the 2-core CI machine), but uv does not read pip's configuration. The settings
+`pip install` would use (PIP_* variables first, then the `[install]` and `[global]` sections of the
+pip.conf files, as `python -m pip config list` prints them) are passed on: index-url, extra-index-url,
+find-links, constraint, no-index, and cert (as SSL_CERT_FILE). Like pip, uv then considers every index
+for every package (`--index-strategy unsafe-best-match`). A setting that changes what pip would install
+and has no uv equivalent here (trusted-host, pre, only-binary, prefer-binary, no-binary, require-hashes)
+makes this script step aside, so that the caller installs with pip.
+
+Exit status: uv's; 127 when uv is missing next to this interpreter or a setting steps aside.
 """
 
 from __future__ import annotations
 
+import ast
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 _FLAGS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
           "constraint": "--constraint"}
+_SWITCHES = {"no-index": "--no-index"}
+_UNSUPPORTED = ("trusted-host", "pre", "only-binary", "prefer-binary", "no-binary", "require-hashes")
+_SCOPES = (":env:", "install", "global")  # pip install's order of precedence
+STEP_ASIDE = 127
 
 
 def pip_settings(listing: str) -> dict[str, str]:
-    """`pip config list` lines (``global.find-links='/opt/wheels'``) -> {setting: value}; the
-    environment's values (``:env:.``) win over the files', as in pip."""
-    found: dict[str, str] = {}
+    """`pip config list` lines (``global.find-links='/opt/wheels'``, values as Python literals) ->
+    {setting: value} of the scopes `pip install` reads, the first scope of `_SCOPES` winning."""
+    ranked: dict[str, tuple[int, str]] = {}
     for line in listing.splitlines():
-        key, sep, value = line.partition("=")
+        key, sep, text = line.partition("=")
         scope, _, name = key.rpartition(".")
-        if sep and (name in _FLAGS or name == "cert") and (scope == ":env:" or name not in found):
-            found[name] = value.strip().strip("'\"")
-    return found
+        if not sep or scope not in _SCOPES:
+            continue
+        try:
+            value = ast.literal_eval(text.strip())
+        except (SyntaxError, ValueError):
+            value = text.strip().strip("'\"")
+        rank = _SCOPES.index(scope)
+        if name not in ranked or rank < ranked[name][0]:
+            ranked[name] = (rank, str(value))
+    return {name: value for name, (_, value) in ranked.items()}
 
 
-def uv_flags(settings: dict[str, str]) -> list[str]:
-    """The uv flags for pip's settings (a setting may hold several space-separated values)."""
-    return [f"{flag}={value}" for name, flag in _FLAGS.items() for value in settings.get(name, "").split()]
+def _true(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def uv_flags(settings: dict[str, str]) -> list[str] | None:
+    """The uv flags for pip's settings (one setting may hold several values, separated by spaces or
+    new lines); None when a setting has no equivalent (the caller should use pip)."""
+    if any(name in settings for name in _UNSUPPORTED):
+        return None
+    flags = [f"{flag}={value}" for name, flag in _FLAGS.items() for value in settings.get(name, "").split()]
+    return flags + [flag for name, flag in _SWITCHES.items() if _true(settings.get(name, ""))]
 
 
 def main(argv: list[str]) -> int:
     uv = Path(sys.executable).with_name("uv")
-    if not uv.is_file():
-        uv = shutil.which("uv")
-        if uv is None:
-            return 127
     listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
     settings = pip_settings(listing)
+    flags = uv_flags(settings)
+    if not uv.is_file() or flags is None:
+        return STEP_ASIDE
     env = dict(os.environ)
     if "cert" in settings:
         env.setdefault("SSL_CERT_FILE", settings["cert"])
     command = [str(uv), "pip", "install", "--python", sys.executable, "--index-strategy", "unsafe-best-match",
-               *uv_flags(settings), *argv]
+               *flags, *argv]
     return subprocess.call(command, env=env)
 
 

@@ -134,3 +134,13 @@ def test_exit_fast_runs_the_exit_handlers_and_delivers_buffered_output(tmp_path)
     assert proc.stdout == "buffered, no newline"
     assert proc.stderr.strip() == "handler ran"
     assert not folder.exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to make stdout's flush fail")
+def test_exit_fast_reports_output_it_could_not_write():
+    code = "import sys\nfrom dalle2_pytorch.command_line import exit_fast\nsys.stdout.write('lost')\nexit_fast(0)\n"
+    with open("/dev/full", "w") as full:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the write must wait for the flush
+        proc = subprocess.run([sys.executable, "-c", code], stdout=full, stderr=subprocess.PIPE, timeout=120,
+                              env=dict(env, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 120
