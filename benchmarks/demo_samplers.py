@@ -67,16 +67,15 @@ def _summary(values: list[float]) -> dict:
 
 def run(model_dir: Path, rows, seeds, per_prompt: int, gt_per_prompt: int, echo=print) -> dict:
     from dalle2_pytorch.cli import load_models
+    from dalle2_pytorch.decoder.construction import per_stage
     from dalle2_pytorch.demo import report
     from dalle2_pytorch.demo.captions import prompt_for
     from dalle2_pytorch.demo.evaluate import analyse
     from dalle2_pytorch.demo.shapes import DEFAULT_HELDOUT, DatasetInfo
 
     prior, decoder, clip = load_models(model_dir=model_dir)
-    for sampler, steps in rows:
-        if isinstance(steps, (list, tuple)) and len(steps) != decoder.num_unets:
-            raise ValueError(f"row {sampler}={_steps_text(steps)}: {len(steps)} step counts for a decoder of "
-                             f"{decoder.num_unets} Unets")
+    # each row's steps per Unet, checked against the decoder before anything is sampled
+    per_unet = [per_stage(steps, decoder.num_unets, f"row {sampler}={_steps_text(steps)}") for sampler, steps in rows]
     defaults = json.loads((model_dir / "dalle2.json").read_text()).get("defaults", {})
     cond_scale = float(defaults.get("cond_scale", 1.0))
     candidates = int(defaults.get("prior_candidates", 2))
@@ -99,7 +98,7 @@ def run(model_dir: Path, rows, seeds, per_prompt: int, gt_per_prompt: int, echo=
         with torch.no_grad():
             embeds[seed] = prior.sample(text_embed=text.text_embed, num_samples_per_batch=candidates, generator=generator)
         prior_seconds.append((time.perf_counter() - started) / len(prompts))
-    for sampler, steps in rows:
+    for (sampler, steps), counts in zip(rows, per_unet):
         name = f"{sampler} {_steps_text(steps)}"
         per_seed = {"colour": [], "shape": [], "clip": [], "fd": [], "seconds": []}
         for seed in seeds:
@@ -114,9 +113,7 @@ def run(model_dir: Path, rows, seeds, per_prompt: int, gt_per_prompt: int, echo=
             per_seed["shape"].append(float(np.mean([p.shape == s for p, (_, s) in zip(preds, _pairs(prompts))])))
             per_seed["clip"].append(float(report.clip_similarity(clip, images, prompts).mean()))
             per_seed["fd"].append(frechet_distance(clip.embed_image(images).image_embed.numpy(), gt_embed))
-        per_unet = list(steps) if isinstance(steps, (list, tuple)) else [steps] * decoder.num_unets
-        results[name] = {"sampler": sampler, "steps": list(steps) if isinstance(steps, tuple) else steps,
-                         "network_calls": sum(per_unet),
+        results[name] = {"sampler": sampler, "steps": steps, "network_calls": sum(counts),
                          **{k: _summary(v) for k, v in per_seed.items()}}
         r = results[name]
         echo(f"[samplers] {name:28s} colour {r['colour']['mean']:.2f} shape {r['shape']['mean']:.2f} "
@@ -209,10 +206,6 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     try:
         rows = DEFAULT_ROWS if args.rows is None else [parse_row(r) for r in args.rows]
-    except ValueError as e:
-        print(f"demo_samplers: error: {e}", file=sys.stderr)
-        return 2
-    try:
         result = run(model_dir, rows, args.seeds, args.images_per_prompt, args.gt_per_prompt)
     except ValueError as e:
         print(f"demo_samplers: error: {e}", file=sys.stderr)

@@ -62,10 +62,12 @@ def uv_flags(settings: dict[str, str]) -> list[str] | None:
 
 def main(argv: list[str]) -> int:
     uv = Path(sys.executable).with_name("uv")
+    if not uv.is_file():
+        return STEP_ASIDE
     listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
     settings = pip_settings(listing)
     flags = uv_flags(settings)
-    if not uv.is_file() or flags is None:
+    if flags is None:
         return STEP_ASIDE
     env = dict(os.environ)
     if "cert" in settings:
