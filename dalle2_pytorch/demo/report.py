@@ -45,9 +45,10 @@ from dalle2_pytorch.demo.prompt_table import (
     prompt_table_markdown,
     sampling_settings,
 )
-from dalle2_pytorch.demo.shapes import render, sample_attributes
+from dalle2_pytorch.demo.shapes import SIZES, render, sample_attributes
 
-__all__ = ["FREE_FORM_PROMPTS", "clip_similarity", "generate", "make_grid", "measure", "run_report", "write_json", "write_report"]
+__all__ = ["FREE_FORM_PROMPTS", "clip_similarity", "generate", "ground_truth", "ground_truth_with_sizes", "make_grid",
+           "measure", "run_report", "shape_rate_by_size", "write_json", "write_report"]
 
 #: prompts in other phrasings than the canonical "a {colour} {shape}" (shown in the grid, and measured)
 FREE_FORM_PROMPTS = (
@@ -94,14 +95,20 @@ def generate(
 
 
 @torch.no_grad()
-def decode_embeddings(decoder: Any, image_embed: torch.Tensor, *, seed: int = 0, cond_scale: float = 1.0,
-                      batch_size: int = 64) -> torch.Tensor:
-    """The decoder alone on given (b, d) CLIP image embeddings → (b, 3, s, s) images in [0, 1]."""
+def decode_embeddings(decoder: Any, image_embed: torch.Tensor, *, text_encodings: torch.Tensor | None = None,
+                      seed: int = 0, cond_scale: float = 1.0, batch_size: int = 64) -> torch.Tensor:
+    """The decoder alone on given (b, d) CLIP image embeddings → (b, 3, s, s) images in [0, 1].
+
+    ``text_encodings`` (b, n, d_text): the prompts' per-token CLIP encodings, for a decoder that
+    conditions on text (ignored by one that does not)."""
     out = []
+    if not decoder.condition_on_text_encodings:
+        text_encodings = None
     for i, start in enumerate(range(0, image_embed.shape[0], batch_size)):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + 500_009 + i)
-        out.append(decoder.sample(image_embed=image_embed[start : start + batch_size], cond_scale=cond_scale,
-                                  generator=generator))
+        encodings = None if text_encodings is None else text_encodings[start : start + batch_size]
+        out.append(decoder.sample(image_embed=image_embed[start : start + batch_size], text_encodings=encodings,
+                                  cond_scale=cond_scale, generator=generator))
     return torch.cat(out).float().clamp(0, 1)
 
 
@@ -152,14 +159,35 @@ def measure(images: torch.Tensor, prompts: Sequence[str], clip: Any) -> dict[str
 
 def ground_truth(pairs: Sequence[tuple[str, str]], per_pair: int, image_size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """Fresh renders of each (colour, shape) pair → ((n, 3, s, s) in [0, 1], canonical prompts)."""
+    images, prompts, _ = ground_truth_with_sizes(pairs, per_pair, image_size, seed)
+    return images, prompts
+
+
+def ground_truth_with_sizes(pairs: Sequence[tuple[str, str]], per_pair: int, image_size: int,
+                            seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """``ground_truth`` and the size word (``"small"`` / ``"large"``) of each render's shape."""
     rng = np.random.default_rng([seed, 77])
-    images, prompts = [], []
+    images, prompts, sizes = [], [], []
     for colour, shape in pairs:
         for _ in range(per_pair):
             attrs = sample_attributes(rng, colour=colour, shape=shape)
             images.append(torch.from_numpy(np.asarray(render(attrs, image_size)).copy()).permute(2, 0, 1))
             prompts.append(prompt_for(colour, shape))
-    return torch.stack(images).float() / 255, prompts
+            sizes.append(attrs.size)
+    return torch.stack(images).float() / 255, prompts, sizes
+
+
+def shape_rate_by_size(images: torch.Tensor, prompts: Sequence[str], sizes: Sequence[str]) -> dict[str, dict]:
+    """How often the analysed shape matches the prompt, for small and for large shapes apart →
+    ``{"small": {"n", "shape_acc"}, "large": {...}}`` (sizes with no image left out)."""
+    preds = [analyse(im) for im in images]
+    ok = [p.shape == parse_prompt(q)[1] for p, q in zip(preds, prompts)]
+    out = {}
+    for size in SIZES:
+        hits = [k for k, s in zip(ok, sizes) if s == size]
+        if hits:
+            out[size] = {"n": len(hits), "shape_acc": float(np.mean(hits))}
+    return out
 
 
 def make_grid(rows: Sequence[tuple[str, torch.Tensor]], path: str | os.PathLike, *, cell: int = 96,
@@ -222,6 +250,10 @@ def _markdown(result: dict) -> str:
             continue
         lines.append(f"| {name} | {m['n']} | {_pct(m['colour_acc'])} | {_pct(m['shape_acc'])} | "
                      f"{_pct(m['both_acc'])} | {m['clip_similarity']:.3f} | {m['clip_score']:.1f} |")
+    by_size = result["measures"].get("decoder_alone", {}).get("by_size")
+    if by_size:
+        lines += ["", "Decoder on true embeddings, shape by the shape's size: " + ", ".join(
+            f"{size} {_pct(v['shape_acc'])} (n={v['n']})" for size, v in by_size.items()) + "."]
     if "position_acc" in result["measures"].get("positioned", {}):
         lines += ["", f"Position (held-out prompts that name one): {_pct(result['measures']['positioned']['position_acc'])} "
                       "in the named grid cell (chance 11%)."]
@@ -272,10 +304,11 @@ def run_report(out: Path, info: Any, preset: Any, *, seed: int = 0, echo: Callab
     def text_to_image(prompts: list[str], pass_seed: int) -> torch.Tensor:
         return generate(prior, decoder, clip, prompts, seed=pass_seed, **kwargs)
 
-    gt_images, gt_prompts = ground_truth(heldout, n, size, seed)
+    gt_images, gt_prompts, gt_sizes = ground_truth_with_sizes(heldout, n, size, seed)
     echo(f"[report] decoder alone on {len(gt_prompts)} true CLIP image embeddings")
     gt_embed = clip.embed_image(gt_images).image_embed
-    alone = decode_embeddings(decoder, gt_embed, seed=seed, cond_scale=preset.decoder_cond_scale)
+    gt_text = clip.embed_text(clip.tokenize(gt_prompts)).text_encodings if decoder.condition_on_text_encodings else None
+    alone = decode_embeddings(decoder, gt_embed, text_encodings=gt_text, seed=seed, cond_scale=preset.decoder_cond_scale)
     heldout_names = [prompt_for(c, s) for c, s in heldout]
     echo(f"[report] prior + decoder on {len(heldout_names)} held-out prompts: {passes} seeds x {per_pass} images")
     full, heldout_prompts, heldout_pass, seconds = generate_in_passes(text_to_image, heldout_names, per_pass, passes, seed)
@@ -298,6 +331,7 @@ def run_report(out: Path, info: Any, preset: Any, *, seed: int = 0, echo: Callab
         "seen_prior_decoder": measure(seen_imgs, seen_prompts, clip),
         "free_form": measure(extra_imgs, extra_prompts, clip),
     }
+    measures["decoder_alone"]["by_size"] = shape_rate_by_size(alone, gt_prompts, gt_sizes)
     table = _per_prompt_table(full, heldout_prompts, heldout_pass)
     table.update(_per_prompt_table(placed, placed_prompts, placed_pass))
     k = preset.grid_columns
@@ -331,6 +365,8 @@ def run_report(out: Path, info: Any, preset: Any, *, seed: int = 0, echo: Callab
         where = f"  position {_pct(mm['position_acc']):>4s}" if "position_acc" in mm else ""
         echo(f"[report] {key:18s} colour {_pct(mm['colour_acc']):>4s}  shape {_pct(mm['shape_acc']):>4s}{where}  "
              f"CLIP sim {mm['clip_similarity']:.3f}  CLIP score {mm['clip_score']:5.1f}  (n={mm['n']})")
+    echo("[report] decoder alone by size     " + "  ".join(
+        f"{size} shape {_pct(v['shape_acc'])} (n={v['n']})" for size, v in measures["decoder_alone"]["by_size"].items()))
     echo(f"[report] {result['settings']['seconds_per_image']:.2f} s per image (text -> {size} px image)")
     return result
 

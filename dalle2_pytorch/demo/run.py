@@ -60,7 +60,7 @@ class DemoPreset:
         clip_steps, clip_batch_size, clip_model_kwargs, clip_evaluate: demo CLIP training (``train_clip``).
         prior_overrides: applied to ``demo_prior.json``.
         decoder_overrides: applied to ``demo_decoder.json`` for every Unet's run;
-            ``base_overrides`` / ``up32_overrides`` / ``up64_overrides`` to one run only.
+            ``base_overrides`` to the base Unet's run only, ``upsampler_overrides`` to each upsampler's.
         images_per_prompt: generated images per held-out prompt for the quality measure.
         grid_columns: samples per prompt in ``grid.png``.
         prior_candidates, prior_cond_scale, decoder_cond_scale: sampling settings of the report
@@ -80,8 +80,7 @@ class DemoPreset:
     prior_overrides: dict = field(default_factory=dict)
     decoder_overrides: dict = field(default_factory=dict)
     base_overrides: dict = field(default_factory=dict)
-    up32_overrides: dict = field(default_factory=dict)
-    up64_overrides: dict = field(default_factory=dict)
+    upsampler_overrides: dict = field(default_factory=dict)
     images_per_prompt: int = 16
     grid_columns: int = 8
     prior_candidates: int = 16
@@ -98,10 +97,10 @@ FULL = DemoPreset(
     image_size=64,
     samples_per_shard=1000,
     clip_steps=3000,
-    # the upsamplers only sharpen (their loss is nearly flat after a few epochs); 1,250 steps each
-    up32_overrides={"train.epochs": 4, "train.cosine_decay_max_steps": 1250},
-    up64_overrides={"train.epochs": 4, "train.cosine_decay_max_steps": 1250},
-    estimates={"clip": 300, "embeddings": 10, "prior": 12, "decoder base unet": 550, "decoder up32 unet": 155,
+    # the upsamplers only sharpen (their loss is nearly flat after a few epochs); 1,250 steps each at the
+    # learning rate they were measured with (the base Unet's 3e-3 is from demo_decoder.json)
+    upsampler_overrides={"train.epochs": 4, "train.cosine_decay_max_steps": 1250, "train.lr": 1e-3},
+    estimates={"clip": 300, "embeddings": 10, "prior": 12, "decoder base unet": 900, "decoder up32 unet": 155,
                "decoder up64 unet": 150, "report": 30},
 )
 
@@ -137,8 +136,7 @@ TINY = DemoPreset(
         "train.ema_update_after_step": 0, "train.ema_update_every": 1, "train.ema_beta": 0.5,
     },
     base_overrides={"train.epoch_samples": 64, "train.epochs": 1},
-    up32_overrides={"train.epoch_samples": 32, "train.epochs": 1},
-    up64_overrides={"train.epoch_samples": 32, "train.epochs": 1},
+    upsampler_overrides={"train.epoch_samples": 32, "train.epochs": 1},
     images_per_prompt=2,
     grid_columns=2,
     prior_candidates=2,
@@ -252,14 +250,17 @@ def find_config_dir(folder: str | os.PathLike | None = None) -> Path:
     return folder
 
 
-def resolve_config(template: Path, overrides: dict[str, Any], out_path: Path) -> dict:
-    """Reads a JSON config, applies dotted-key ``overrides`` and writes the result to ``out_path``."""
+def resolve_config(template: Path, overrides: dict[str, Any], out_path: Path | None) -> dict:
+    """Reads a JSON config, applies dotted-key ``overrides`` and writes the result to ``out_path``
+    (unless None)."""
     from dalle2_pytorch.config.base import load_json
     from dalle2_pytorch.training.scripts.cli import apply_override
 
     data = load_json(template)
     for key, value in overrides.items():
         apply_override(data, f"{key}={json.dumps(value)}")
+    if out_path is None:
+        return data
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(data, indent=2) + "\n")
     return data
@@ -425,10 +426,11 @@ def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: C
     }
     # the CLIP's fingerprint (its weights) is known once it is trained: runs that use it get their key then
     decoder_runs = []
-    for unet, name, mask, extra in (("base", "decoder base unet", [True, False, False], preset.base_overrides),
-                                    ("up32", "decoder up32 unet", [False, True, False], preset.up32_overrides),
-                                    ("up64", "decoder up64 unet", [False, False, True], preset.up64_overrides)):
-        conditioned = unet == "base"
+    stages = unet_stages(resolve_config(configs / "demo_decoder.json", decoder_common, None))
+    for index, (unet, name) in enumerate(stages):
+        conditioned = index == 0
+        mask = [i == index for i in range(len(stages))]
+        extra = preset.base_overrides if conditioned else preset.upsampler_overrides
         cfg = resolve_config(configs / "demo_decoder.json", {
             **decoder_common, "data.img_embeddings_url": str(emb / "img_emb") if conditioned else None,
             "train.unet_training_mask": mask, "tracker.data_path": str(out / f"decoder_{unet}_run"), **extra,
@@ -456,10 +458,10 @@ def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: C
     prior_run = TrainingRun("prior", "prior", cfg_out / "prior.json", out / "prior_run",
                             lambda: fingerprint(clip_state["key"], prior_settings), _log_every(preset),
                             after=("embeddings",), total_steps=prior_steps, estimate=est.get("prior", 30.0))
-    base, up32, up64 = decoder_runs
+    base, *upsamplers = decoder_runs
     tasks = [InProcessTask("clip", clip_task, estimate=est.get("clip", 60.0)),
              InProcessTask("embeddings", embeddings_task, after=("clip",), estimate=est.get("embeddings", 10.0)),
-             base, prior_run, up32, up64]
+             base, prior_run, *upsamplers]
     threads = torch.get_num_threads()
     results = run_tasks(tasks, workers=min(2, threads), threads=threads, book=book, progress=progress, echo=echo,
                         status_every=status_every, tail_estimate=est.get("report", 60.0), started_at=progress.start)
@@ -480,6 +482,15 @@ def _run_stages(out: Path, preset: DemoPreset, configs: Path, seed: int, echo: C
     echo(f"\n[demo] finished in {total / 60:.1f} min: {out / 'grid.png'}, {out / 'report.md'}; model index {index}")
     echo(f"[demo] try: dream \"a red circle\" --model-dir {out} --seed 0 --output {out / 'dream'}")
     return result
+
+
+def unet_stages(decoder_config: dict) -> list[tuple[str, str]]:
+    """(folder slug, task name) of each Unet's training run, from a decoder training config:
+    ``("base", "decoder base unet")`` for the first, ``("up64", "decoder up64 unet")`` for an
+    upsampler to 64 px."""
+    sizes = [int(s) for s in decoder_config["decoder"]["image_sizes"]]
+    slugs = ["base"] + [f"up{size}" for size in sizes[1:]]
+    return [(slug, f"decoder {slug} unet") for slug in slugs]
 
 
 def _log_every(preset: DemoPreset) -> int:

@@ -19,7 +19,8 @@ from dalle2_pytorch.demo import run as demo_run
 from tests.demo._demo_helpers import run_tiny_demo
 
 
-TRAINING_STAGES = ("prior", "decoder base unet", "decoder up32 unet", "decoder up64 unet")
+# the tiny preset's cascade is 8 -> 16 -> 32 px: its upsampler runs are named by their output size
+TRAINING_STAGES = ("prior", "decoder base unet", "decoder up16 unet", "decoder up32 unet")
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -54,7 +55,7 @@ def test_tiny_demo_writes_models_grid_and_report(tiny_demo):
     # resolved configs carry the output paths
     prior_cfg = json.loads((out / "configs" / "prior.json").read_text())
     assert prior_cfg["tracker"]["data_path"] == str(out / "prior_run")
-    configs = [json.loads((out / "configs" / f"decoder_{u}.json").read_text()) for u in ("base", "up32", "up64")]
+    configs = [json.loads((out / "configs" / f"decoder_{u}.json").read_text()) for u in ("base", "up16", "up32")]
     assert [c["train"]["unet_training_mask"] for c in configs] == [[True, False, False], [False, True, False],
                                                                     [False, False, True]]
     # the upsamplers need no CLIP embeddings (they trained beside the CLIP)
@@ -88,7 +89,7 @@ def test_joined_decoder_has_the_upsampler_of_its_own_run(tiny_demo):
     out, _, _ = tiny_demo
     joined = Decoder.from_checkpoint(out / "decoder")
     assert joined.image_sizes == (8, 16, 32)
-    runs = [Decoder.from_checkpoint(out / f"decoder_{name}_run" / "export") for name in ("base", "up32", "up64")]
+    runs = [Decoder.from_checkpoint(out / f"decoder_{name}_run" / "export") for name in ("base", "up16", "up32")]
     for i, run in enumerate(runs):
         for (k, a), b in zip(joined.unets[i].state_dict().items(), run.unets[i].state_dict().values()):
             assert torch.equal(a, b), k
@@ -112,17 +113,17 @@ def test_second_run_reuses_every_trained_stage(tiny_demo, tmp_path):
 @pytest.mark.slow  # uses the tiny demo run (every model of the demo is trained)
 def test_interrupted_run_resumes_from_its_checkpoint(tiny_demo, tmp_path):
     out = _copy(tiny_demo[0], tmp_path / "demo")
-    state_file = out / "stages" / "decoder_up32_unet.json"
+    state_file = out / "stages" / "decoder_up16_unet.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "finished": False}))
-    shutil.rmtree(out / "decoder_up32_run" / "export")
-    steps_before = [json.loads(l)["step"] for l in (out / "decoder_up32_run" / "metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(out / "decoder_up16_run" / "export")
+    steps_before = [json.loads(l)["step"] for l in (out / "decoder_up16_run" / "metrics.jsonl").read_text().splitlines()]
     result, lines = run_tiny_demo(out)
     assert any("resuming the unfinished run" in line for line in lines)
-    assert not result["timings"]["decoder up32 unet"]["reused"]
+    assert not result["timings"]["decoder up16 unet"]["reused"]
     assert result["timings"]["prior"]["reused"]
-    assert (out / "decoder_up32_run" / "export" / "model.safetensors").is_file()
-    steps_after = [json.loads(l)["step"] for l in (out / "decoder_up32_run" / "metrics.jsonl").read_text().splitlines()]
+    assert (out / "decoder_up16_run" / "export" / "model.safetensors").is_file()
+    steps_after = [json.loads(l)["step"] for l in (out / "decoder_up16_run" / "metrics.jsonl").read_text().splitlines()]
     assert max(steps_after) == max(steps_before)  # continued from the checkpoint, not trained again
 
 
@@ -133,7 +134,7 @@ def test_changed_config_retrains_that_stage_only(tiny_demo, tmp_path):
     result, lines = run_tiny_demo(out, preset=preset)
     assert not result["timings"]["prior"]["reused"]
     assert any("trained from other inputs" in line for line in lines)
-    assert all(result["timings"][f"decoder {u} unet"]["reused"] for u in ("base", "up32", "up64"))
+    assert all(result["timings"][f"decoder {u} unet"]["reused"] for u in ("base", "up16", "up32"))
     assert json.loads((out / "configs" / "prior.json").read_text())["train"]["lr"] == 5e-4
 
 
@@ -199,6 +200,20 @@ def test_resolve_config_applies_overrides(tmp_path):
     assert json.loads((tmp_path / "o" / "r.json").read_text()) == data
 
 
+def test_resolve_config_without_a_path_writes_nothing(tmp_path):
+    template = tmp_path / "t.json"
+    template.write_text(json.dumps({"a": {"b": 1}}))
+    assert demo_run.resolve_config(template, {"a.b": 2}, None) == {"a": {"b": 2}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json"]
+
+
+def test_unet_stages_follow_the_image_sizes():
+    assert demo_run.unet_stages({"decoder": {"image_sizes": [16, 32, 64]}}) == [
+        ("base", "decoder base unet"), ("up32", "decoder up32 unet"), ("up64", "decoder up64 unet")]
+    assert demo_run.unet_stages({"decoder": {"image_sizes": [32, 64]}}) == [
+        ("base", "decoder base unet"), ("up64", "decoder up64 unet")]
+
+
 def test_shipped_demo_configs_validate():
     from dalle2_pytorch.config import TrainDecoderConfig, TrainDiffusionPriorConfig
     from dalle2_pytorch.config.base import load_json
@@ -225,6 +240,20 @@ def test_measure_reads_ground_truth_and_rejects_mismatched_prompts():
     assert wrong["colour_acc"] == 0.0 and wrong["shape_acc"] == 0.0
     with pytest.raises(ValueError, match="one prompt per image"):
         report.measure(images, prompts[:-1], clip)
+
+
+def test_shape_rate_by_size_splits_small_and_large_renders():
+    images, prompts, sizes = report.ground_truth_with_sizes([("red", "star"), ("blue", "square")], 6, 64, seed=0)
+    again, prompts_again = report.ground_truth([("red", "star"), ("blue", "square")], 6, 64, seed=0)
+    assert torch.equal(images, again) and prompts == prompts_again  # the same renders as ground_truth
+    assert set(sizes) == {"small", "large"}
+    rates = report.shape_rate_by_size(images, prompts, sizes)
+    assert {k: v["n"] for k, v in rates.items()} == {s: sizes.count(s) for s in ("small", "large")}
+    assert all(v["shape_acc"] == 1.0 for v in rates.values())
+    wrong = report.shape_rate_by_size(images, ["a red circle"] * len(prompts), sizes)
+    assert all(v["shape_acc"] == 0.0 for v in wrong.values())
+    only_large = report.shape_rate_by_size(images, prompts, ["large"] * len(prompts))
+    assert list(only_large) == ["large"] and only_large["large"]["n"] == len(prompts)
 
 
 def test_make_grid_layout(tmp_path):
