@@ -11,10 +11,11 @@ Stages, each in its own folder of the output directory:
    * ``clip/``        a small torch-only CLIP trained on the shapes (:mod:`dalle2_pytorch.demo.train_clip`);
    * ``embeddings/``  its image/text embeddings of every shard (:func:`dalle2_pytorch.data.precompute_embeddings`);
    * ``prior_run/``   the diffusion prior, ``train_prior.py`` with ``train_configs/demo_prior.json``;
-   * ``decoder_base_run/``, ``decoder_up32_run/``, ``decoder_up64_run/``  the decoder's three Unets
-     (16 px base, 32 px and 64 px upsamplers), each ``train_decoder.py`` with
-     ``train_configs/demo_decoder.json`` (``train.unet_training_mask`` picks the Unet). The
-     upsamplers need no CLIP, so they train beside the CLIP from the start;
+   * ``decoder_base_run/``, ``decoder_up32_run/``, ``decoder_up64_run/``  one run per Unet of
+     ``train_configs/demo_decoder.json`` (a 16 px base, 32 px and 64 px upsamplers; the folders are named
+     by each Unet's output size, see ``unet_stages``), each ``train_decoder.py`` with that config
+     (``train.unet_training_mask`` picks the Unet). The upsamplers need no CLIP, so they train beside the
+     CLIP from the start;
 
 3. ``decoder/``     the three Unets joined into one export; ``dalle2.json``, the model index
    ``dream --model-dir OUTPUT`` reads (with the report's sampling settings as ``dream``'s defaults);
@@ -140,8 +141,8 @@ TINY = DemoPreset(
     images_per_prompt=2,
     grid_columns=2,
     prior_candidates=2,
-    estimates={"clip": 2, "embeddings": 1, "prior": 10, "decoder base unet": 10, "decoder up32 unet": 10,
-               "decoder up64 unet": 10, "report": 10},
+    estimates={"clip": 2, "embeddings": 1, "prior": 10, "decoder base unet": 10, "decoder up16 unet": 10,
+               "decoder up32 unet": 10, "report": 10},
 )
 
 PRESETS = {"full": FULL, "tiny": TINY}
