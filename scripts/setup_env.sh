@@ -28,5 +28,7 @@ else
   "$VENV/bin/python" -m pip install -q -r requirements-dev.txt >&2
   "$VENV/bin/python" -m pip install -q --no-deps -e . >&2
 fi
+# the package's own bytecode too (an editable install is not compiled; see scripts/uv_install.py)
+"$VENV/bin/python" -m compileall -q -j 0 dalle2_pytorch >/dev/null 2>&1 || true
 echo "$WANT" > "$STAMP"
 echo "[setup] environment ready" >&2

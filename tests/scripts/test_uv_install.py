@@ -63,3 +63,21 @@ def test_multi_line_values_and_switches_as_pip_config_list_prints_them(tmp_path)
                      "--find-links=/opt/wheels", "--no-index"]
     assert uv_install.uv_flags({"trusted-host": "mirror.example"}) is None
     assert uv_install.uv_flags({"no-index": "false"}) == []
+
+
+def test_main_installs_with_bytecode_compiled(tmp_path, monkeypatch):
+    # a `uv` beside the interpreter that records its arguments (main finds uv next to sys.executable)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python = bin_dir / "python"
+    python.symlink_to(sys.executable)
+    record = tmp_path / "uv-args.txt"
+    uv = bin_dir / "uv"
+    uv.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {record}\n")
+    uv.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    monkeypatch.setenv("PIP_INDEX_URL", "file:///some/index")
+    assert uv_install.main(["-q", "-r", "requirements-dev.txt"]) == 0
+    args = record.read_text().split("\n")
+    assert args[:2] == ["pip", "install"] and "--compile-bytecode" in args
+    assert "--index-url=file:///some/index" in args and args[-4:-1] == ["-q", "-r", "requirements-dev.txt"]
