@@ -366,7 +366,7 @@ def run_report(out: Path, info: Any, preset: Any, *, seed: int = 0, echo: Callab
         echo(f"[report] {key:18s} colour {_pct(mm['colour_acc']):>4s}  shape {_pct(mm['shape_acc']):>4s}{where}  "
              f"CLIP sim {mm['clip_similarity']:.3f}  CLIP score {mm['clip_score']:5.1f}  (n={mm['n']})")
     echo("[report] decoder alone by size     " + "  ".join(
-        f"{size} shape {_pct(v['shape_acc'])} (n={v['n']})" for size, v in measures["decoder_alone"]["by_size"].items()))
+        f"{kind} shape {_pct(v['shape_acc'])} (n={v['n']})" for kind, v in measures["decoder_alone"]["by_size"].items()))
     echo(f"[report] {result['settings']['seconds_per_image']:.2f} s per image (text -> {size} px image)")
     return result
 

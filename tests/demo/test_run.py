@@ -256,6 +256,30 @@ def test_shape_rate_by_size_splits_small_and_large_renders():
     assert list(only_large) == ["large"] and only_large["large"]["n"] == len(prompts)
 
 
+def test_decode_embeddings_gives_a_text_conditioned_decoder_its_text():
+    from dalle2_pytorch.decoder import Decoder, Unet
+    from tests.conftest import make_x_clip_adapter
+
+    torch.manual_seed(0)
+    clip = make_x_clip_adapter()
+    dim = clip.dim_latent
+    base = Unet(dim=8, image_embed_dim=dim, cond_dim=16, dim_mults=(1, 2), text_embed_dim=clip.text_encodings_dim,
+                cond_on_text_encodings=True, attn_dim_head=8, attn_heads=2)
+    decoder = Decoder(base, clip=clip, image_size=8, timesteps=10, sample_timesteps=3, learned_variance=False)
+    with torch.no_grad():  # a random decoder whose zero-initialised output conv would hide any conditioning
+        for p in decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    embed = torch.nn.functional.normalize(torch.randn(3, dim), dim=-1)
+    red = clip.embed_text(clip.tokenize(["a red star"] * 3)).text_encodings
+    blue = clip.embed_text(clip.tokenize(["a blue circle"] * 3)).text_encodings
+    a = report.decode_embeddings(decoder, embed, text_encodings=red, batch_size=2)
+    b = report.decode_embeddings(decoder, embed, text_encodings=blue, batch_size=2)
+    assert a.shape == (3, 3, 8, 8) and torch.equal(a, report.decode_embeddings(decoder, embed, text_encodings=red, batch_size=2))
+    assert not torch.allclose(a, b)  # the text reached the Unet, batch by batch
+    with pytest.raises(ValueError):  # without its text the text-conditioned decoder refuses
+        report.decode_embeddings(decoder, embed)
+
+
 def test_make_grid_layout(tmp_path):
     rows = [("a", torch.zeros(2, 3, 8, 8)), ("b", torch.ones(3, 3, 8, 8))]
     path = report.make_grid(rows, tmp_path / "g.png", cell=10, label_width=20, pad=1)

@@ -1,4 +1,5 @@
-"""DDPM and DDIM reproduce, bit for bit, the outputs recorded before the sampler registry existed."""
+"""DDPM and DDIM reproduce the outputs recorded before the sampler registry existed (to float rounding:
+see `_sampler_reference_cases`)."""
 
 import pytest
 import torch
@@ -20,4 +21,6 @@ def test_fixture_holds_every_case(recorded):
 def test_ddpm_ddim_outputs_are_unchanged(name, recorded):
     out = run_case(name)
     assert out.dtype == recorded[name].dtype and out.shape == recorded[name].shape
-    assert torch.equal(out, recorded[name]), f"{name}: max abs diff {(out - recorded[name]).abs().max().item():.3g}"
+    # bit for bit where the recording CPU's kernels run; last-bit differences on other CPUs (3.3e-7 seen)
+    diff = (out - recorded[name]).abs().max().item()
+    assert diff <= 1e-6, f"{name}: max abs diff {diff:.3g}"
