@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
         env.setdefault("SSL_CERT_FILE", settings["cert"])
     # bytecode at install time, as pip does: uv leaves it to the first import, which cannot keep it where
     # PYTHONDONTWRITEBYTECODE is set, and then every `import torch` compiles its sources again (2.7 s
-    # instead of 1.2 s on the 2-core machine, and `dream` 2.7 s instead of 1.7 s warm)
+    # instead of 1.1–1.2 s on the 2-core machine, and `dream` 2.7 s instead of 1.4 s warm)
     command = [str(uv), "pip", "install", "--python", sys.executable, "--index-strategy", "unsafe-best-match",
                "--compile-bytecode", *flags, *argv]
     return subprocess.call(command, env=env)
