@@ -118,13 +118,15 @@ def clip_similarity(clip: Any, images: torch.Tensor, prompts: Sequence[str]) -> 
     return clip_cosine(clip, images, list(prompts))
 
 
-def measure(images: torch.Tensor, prompts: Sequence[str], clip: Any) -> dict[str, Any]:
+def measure(images: torch.Tensor, prompts: Sequence[str], clip: Any,
+            sizes: Sequence[str] | None = None) -> dict[str, Any]:
     """Colour / shape match rates (``evaluate.analyse``), mean CLIP similarity and mean CLIP score
     (``100 * max(cos, 0)``, :mod:`dalle2_pytorch.clip_adapters.score`) of images vs prompts.
 
     Returns:
         ``{"n", "colour_acc", "shape_acc", "both_acc", "clip_similarity", "clip_score", "per_prompt"}``; per prompt
-        the same rates and the most frequent analysed (colour, shape).
+        the same rates and the most frequent analysed (colour, shape); with ``sizes`` (each image's
+        shape size word) also ``"by_size"``, as :func:`shape_rate_by_size` gives it.
     """
     if images.shape[0] != len(prompts) or not prompts:
         raise ValueError(f"need one prompt per image, got {images.shape[0]} images and {len(prompts)} prompts")
@@ -152,6 +154,8 @@ def measure(images: torch.Tensor, prompts: Sequence[str], clip: Any) -> dict[str
         "clip_score": float(scores.mean()),
         "per_prompt": per_prompt,
     }
+    if sizes is not None:
+        out["by_size"] = _rates_by_size(shape_ok, sizes)
     if any(pl is not None for pl in places):
         out["position_acc"] = float(np.mean([ok for ok, pl in zip(position_ok, places) if pl is not None]))
     return out
@@ -180,11 +184,13 @@ def ground_truth_with_sizes(pairs: Sequence[tuple[str, str]], per_pair: int, ima
 def shape_rate_by_size(images: torch.Tensor, prompts: Sequence[str], sizes: Sequence[str]) -> dict[str, dict]:
     """How often the analysed shape matches the prompt, for small and for large shapes apart →
     ``{"small": {"n", "shape_acc"}, "large": {...}}`` (sizes with no image left out)."""
-    preds = [analyse(im) for im in images]
-    ok = [p.shape == parse_prompt(q)[1] for p, q in zip(preds, prompts)]
+    return _rates_by_size([analyse(im).shape == parse_prompt(q)[1] for im, q in zip(images, prompts)], sizes)
+
+
+def _rates_by_size(shape_ok: Sequence[bool], sizes: Sequence[str]) -> dict[str, dict]:
     out = {}
     for size in SIZES:
-        hits = [k for k, s in zip(ok, sizes) if s == size]
+        hits = [bool(k) for k, s in zip(shape_ok, sizes) if s == size]
         if hits:
             out[size] = {"n": len(hits), "shape_acc": float(np.mean(hits))}
     return out
@@ -325,13 +331,12 @@ def run_report(out: Path, info: Any, preset: Any, *, seed: int = 0, echo: Callab
 
     measures = {
         "ground_truth": measure(gt_images, gt_prompts, clip),
-        "decoder_alone": measure(alone, gt_prompts, clip),
+        "decoder_alone": measure(alone, gt_prompts, clip, sizes=gt_sizes),
         "prior_decoder": measure(full, heldout_prompts, clip),
         "positioned": measure(placed, placed_prompts, clip),
         "seen_prior_decoder": measure(seen_imgs, seen_prompts, clip),
         "free_form": measure(extra_imgs, extra_prompts, clip),
     }
-    measures["decoder_alone"]["by_size"] = shape_rate_by_size(alone, gt_prompts, gt_sizes)
     table = _per_prompt_table(full, heldout_prompts, heldout_pass)
     table.update(_per_prompt_table(placed, placed_prompts, placed_pass))
     k = preset.grid_columns
