@@ -16,6 +16,7 @@ Asserts inside; writes OUT_DIR/{phase}_rank{r}.json on success.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
 
+from dalle2_pytorch.command_line import exit_fast
 from dalle2_pytorch.decoder.decoder import Decoder
 from dalle2_pytorch.decoder.unet import Unet
 from dalle2_pytorch.prior.diffusion_prior import DiffusionPrior
@@ -34,6 +36,7 @@ from dalle2_pytorch.prior.network import DiffusionPriorNetwork
 from dalle2_pytorch.training import DecoderTrainer, DiffusionPriorTrainer
 from dalle2_pytorch.training.sharding import full_model_state
 
+faulthandler.enable(all_threads=True)  # an abort in C++ (gloo) prints where every thread was
 out, phase = Path(sys.argv[1]), sys.argv[2]
 DIM = 16
 
@@ -139,3 +142,7 @@ else:
     if rank == 0:
         torch.save(weights, out / "final_resume.pt")
     (out / f"resume_rank{rank}.json").write_text(json.dumps(report))
+    accelerator.end_training()
+    # gloo's threads can still hold a finished all-gather's tensors: freed during the interpreter's
+    # teardown they abort the process (see run_cli); leave the way the training scripts do
+    exit_fast(0)

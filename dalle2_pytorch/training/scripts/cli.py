@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from dalle2_pytorch.command_line import ArgumentParser, UserError, run_command
+from dalle2_pytorch.command_line import ArgumentParser, UserError, exit_fast, run_command
 from dalle2_pytorch.config.base import load_json
 
 __all__ = [
@@ -240,6 +240,30 @@ def load_config(
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Runs a script's `main` through :func:`~dalle2_pytorch.command_line.run_command`: every error
-    becomes one line on stderr and a non-zero exit status (`--verbose` adds the traceback)."""
+    becomes one line on stderr and a non-zero exit status (`--verbose` adds the traceback).
+
+    A process that ran collectives (`accelerate launch` with several processes) does not return: it
+    leaves through :func:`~dalle2_pytorch.command_line.exit_fast` after the exit handlers. Gloo's
+    worker threads can still hold the last reference to a finished collective's tensors when the
+    interpreter tears down; freeing them then needs the GIL and aborts the process (SIGABRT,
+    "terminate called without an active exception", pytorch/pytorch#190489), turning a finished
+    run's status 0 into a failure even after `destroy_process_group`."""
+    import torch.distributed as dist
+
     name = prog or Path(sys.argv[0]).name or "train"
-    return run_command(name, main, argv)
+    destroyed = False
+
+    def main_then_close(args: Sequence[str] | None) -> int:
+        nonlocal destroyed
+        status = main(args)
+        # not after an error: a rank still inside a collective would leave the others hanging
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+            destroyed = True
+        return status
+
+    status = run_command(name, main_then_close, argv)
+    if destroyed or (dist.is_available() and dist.is_initialized()):
+        exit_fast(status)
+    return status
