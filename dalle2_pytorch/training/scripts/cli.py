@@ -246,8 +246,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     leaves through :func:`~dalle2_pytorch.command_line.exit_fast` after the exit handlers. Gloo's
     worker threads can still hold the last reference to a finished collective's tensors when the
     interpreter tears down; freeing them then needs the GIL and aborts the process (SIGABRT,
-    "terminate called without an active exception", pytorch/pytorch#190489), turning a finished
-    run's status 0 into a failure even after `destroy_process_group`."""
+    "terminate called without an active exception"; the mechanism of pytorch/pytorch#179291, seen
+    here with FSDP2's all-gathers), turning a finished run's status 0 into a failure even after
+    `destroy_process_group`."""
     import torch.distributed as dist
 
     name = prog or Path(sys.argv[0]).name or "train"
