@@ -21,6 +21,7 @@ from accelerate.utils import InitProcessGroupKwargs  # noqa: E402
 import dalle2_pytorch.training.checkpoint as ckpt_module  # noqa: E402
 from dalle2_pytorch.command_line import exit_fast  # noqa: E402
 from dalle2_pytorch.training import DiffusionPriorTrainer  # noqa: E402
+from dalle2_pytorch.training.scripts.cli import close_process_group  # noqa: E402
 
 out = Path(sys.argv[1])
 accelerator = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))])
@@ -90,5 +91,5 @@ accelerator.wait_for_everyone()
     json.dumps({"rank": rank, "writes": writes, "losses": [None if l != l else l for l in losses]})
 )
 accelerator.wait_for_everyone()
-accelerator.end_training()
+close_process_group()
 exit_fast(0)  # not the interpreter's teardown, where gloo's threads can abort the process (see run_cli)

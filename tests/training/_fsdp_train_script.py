@@ -34,6 +34,7 @@ from dalle2_pytorch.decoder.unet import Unet
 from dalle2_pytorch.prior.diffusion_prior import DiffusionPrior
 from dalle2_pytorch.prior.network import DiffusionPriorNetwork
 from dalle2_pytorch.training import DecoderTrainer, DiffusionPriorTrainer
+from dalle2_pytorch.training.scripts.cli import close_process_group
 from dalle2_pytorch.training.sharding import full_model_state
 
 faulthandler.enable(all_threads=True)  # an abort in C++ (gloo) prints where every thread was
@@ -142,7 +143,7 @@ else:
     if rank == 0:
         torch.save(weights, out / "final_resume.pt")
     (out / f"resume_rank{rank}.json").write_text(json.dumps(report))
-    accelerator.end_training()
+    close_process_group()
     # gloo's threads can still hold a finished all-gather's tensors: freed during the interpreter's
     # teardown they abort the process (see run_cli); leave the way the training scripts do
     exit_fast(0)

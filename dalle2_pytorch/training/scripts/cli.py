@@ -45,6 +45,7 @@ __all__ = [
     "ConfigError",
     "RunOptions",
     "apply_override",
+    "close_process_group",
     "build_parser",
     "format_validation_error",
     "load_config",
@@ -249,22 +250,35 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     "terminate called without an active exception"; the mechanism of pytorch/pytorch#179291, seen
     here with FSDP2's all-gathers), turning a finished run's status 0 into a failure even after
     `destroy_process_group`."""
-    import torch.distributed as dist
-
     name = prog or Path(sys.argv[0]).name or "train"
-    destroyed = False
+    distributed = False
 
     def main_then_close(args: Sequence[str] | None) -> int:
-        nonlocal destroyed
+        nonlocal distributed
         status = main(args)
-        # not after an error: a rank still inside a collective would leave the others hanging
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
-            destroyed = True
+        distributed = close_process_group()  # not after an error: see close_process_group
         return status
 
     status = run_command(name, main_then_close, argv)
-    if destroyed or (dist.is_available() and dist.is_initialized()):
+    if distributed or _process_group_open():  # the latter: ended by an error
         exit_fast(status)
     return status
+
+
+def close_process_group() -> bool:
+    """After a run that ended normally on every rank: waits for the other processes and destroys the
+    process group; returns whether there was one. Not for an error's path, where a rank still inside
+    a collective would leave the others waiting in the barrier."""
+    import torch.distributed as dist
+
+    if not _process_group_open():
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
+
+
+def _process_group_open() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
